@@ -1,0 +1,41 @@
+"""TTS language model M_TTS and the gate fusion that feeds it (LLaMA-Omni2 §1.6–1.7).
+
+M_TTS is a plain Qwen2 causal LM whose vocabulary is the text vocabulary plus ``<sep>`` and the
+CosyVoice2 units. Its input for generated text token i is the gate-fused vector
+``c = g·proj(h) + (1−g)·emb(y)``, where h is the LLM's final hidden state that produced token y,
+proj is ``input_proj`` (H -> 2H -> ReLU -> d), emb is M_TTS's own embedding of the text id, and
+``g = sigmoid(gate([proj; emb]))``. Attribute names follow the official ``speech_generator.*`` keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SpeechGenerator(nn.Module):
+    def __init__(self, llm_hidden_size: int, tts_config) -> None:  # tts_config: transformers.Qwen2Config
+        super().__init__()
+        from transformers import Qwen2ForCausalLM
+
+        self.model = Qwen2ForCausalLM(tts_config)
+        d = tts_config.hidden_size
+        self.input_proj = nn.Sequential(
+            nn.Linear(llm_hidden_size, 2 * llm_hidden_size), nn.ReLU(), nn.Linear(2 * llm_hidden_size, d)
+        )
+        self.gate = nn.Sequential(nn.Linear(2 * d, d), nn.Sigmoid())
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """M_TTS input embedding of token ids (text ids, ``<sep>`` or unit tokens)."""
+        return self.model.get_input_embeddings()(ids)
+
+    def fuse(self, hidden: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """Gate-fuse LLM hidden states [..., H] with M_TTS embeddings of their tokens -> [..., d]."""
+        proj = self.input_proj(hidden.to(self.input_proj[0].weight.dtype))
+        emb = self.embed(text_ids)
+        g = self.gate(torch.cat([proj, emb], dim=-1))
+        return proj * g + emb * (1 - g)
