@@ -28,9 +28,10 @@ SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5  # CAM++ needs a few dozen 10 ms frames to say anything about a speaker
 SILENCE_RMS = 1e-4
 CAMPPLUS_FILE = "campplus.onnx"
-# Files load_decoder looks for, in order, when no voice is given (download puts prompt_en.wav there;
-# the tiny test decoder ships spk_xvector.npy).
-DEFAULT_VOICE_FILES = ("spk_xvector.npy", "prompt_en.wav")
+# Files load_decoder looks for, in order, when no voice is given, relative to the decoder folder:
+# the tiny test decoder ships spk_xvector.npy; `launch.py download` puts the official prompt wavs in
+# checkpoints/voices/ next to checkpoints/cosy2_decoder/.
+DEFAULT_VOICE_FILES = ("spk_xvector.npy", "prompt_en.wav", "../voices/prompt_en.wav")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif"}
 
 
@@ -122,7 +123,9 @@ def xvector_from_audio(wav: np.ndarray, campplus: str | Path, name: str = "voice
     out = sess.run(None, {sess.get_inputs()[0].name: feat[None].astype(np.float32)})[0]
     vec = np.asarray(out, dtype=np.float32).reshape(-1)
     if vec.shape[0] != XVECTOR_DIM or not np.all(np.isfinite(vec)):
-        raise CheckpointError(f"speaker model {campplus} returned {vec.shape[0]} values, expected {XVECTOR_DIM}")
+        raise CheckpointError(
+            f"speaker model {campplus} returned {vec.shape[0]} values, expected {XVECTOR_DIM}"
+        )
     return vec
 
 
@@ -208,5 +211,5 @@ def default_voice(decoder_dir: str | Path) -> Path | None:
     for name in DEFAULT_VOICE_FILES:
         p = Path(decoder_dir) / name
         if p.is_file():
-            return p
+            return p.resolve()
     return None

@@ -58,7 +58,9 @@ def _multi_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
 
 def _ref_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Ref:
     if not isinstance(node, yaml.ScalarNode):
-        raise ConfigError(f"!ref must be a plain expression, got {node.id} at line {node.start_mark.line + 1}")
+        raise ConfigError(
+            f"!ref must be a plain expression, got {node.id} at line {node.start_mark.line + 1}"
+        )
     return Ref(str(loader.construct_scalar(node)))
 
 
@@ -303,7 +305,9 @@ def _take(args: dict, where: str, spec: dict[str, Any]) -> dict:
         if key not in args:
             continue
         value = args[key]
-        if isinstance(expect, type) or (isinstance(expect, tuple) and all(isinstance(t, type) for t in expect)):
+        if isinstance(expect, type) or (
+            isinstance(expect, tuple) and all(isinstance(t, type) for t in expect)
+        ):
             if isinstance(value, bool) and expect is not bool and (expect is int or expect is float):
                 raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
             if not isinstance(value, expect):
@@ -338,15 +342,31 @@ def _read_encoder(node: Any) -> EncoderConfig:
         _obj(node, where, _ENCODER_CLASSES),
         where,
         {
-            "input_size": int, "output_size": int, "attention_heads": int, "linear_units": int,
-            "num_blocks": int, "dropout_rate": _NUM, "positional_dropout_rate": _NUM,
-            "attention_dropout_rate": _NUM, "input_layer": "linear", "pos_enc_layer_type": "rel_pos_espnet",
-            "normalize_before": True, "static_chunk_size": int, "use_dynamic_chunk": False,
-            "use_dynamic_left_chunk": False, "macaron_style": False,
-            "selfattention_layer_type": "rel_selfattn", "activation_type": "swish",
-            "use_cnn_module": False, "key_bias": bool, "gradient_checkpointing": bool,
-            "global_cmvn": type(None), "causal": bool, "cnn_module_kernel": int,
-            "cnn_module_norm": str, "positionwise_conv_kernel_size": int,
+            "input_size": int,
+            "output_size": int,
+            "attention_heads": int,
+            "linear_units": int,
+            "num_blocks": int,
+            "dropout_rate": _NUM,
+            "positional_dropout_rate": _NUM,
+            "attention_dropout_rate": _NUM,
+            "input_layer": "linear",
+            "pos_enc_layer_type": "rel_pos_espnet",
+            "normalize_before": True,
+            "static_chunk_size": int,
+            "use_dynamic_chunk": False,
+            "use_dynamic_left_chunk": False,
+            "macaron_style": False,
+            "selfattention_layer_type": "rel_selfattn",
+            "activation_type": "swish",
+            "use_cnn_module": False,
+            "key_bias": bool,
+            "gradient_checkpointing": bool,
+            "global_cmvn": type(None),
+            "causal": bool,
+            "cnn_module_kernel": int,
+            "cnn_module_norm": str,
+            "positionwise_conv_kernel_size": int,
         },
     )
     cfg = EncoderConfig()
@@ -354,7 +374,9 @@ def _read_encoder(node: Any) -> EncoderConfig:
         if k in args:
             setattr(cfg, k, args[k])
     if cfg.output_size % cfg.attention_heads:
-        raise ConfigError(f"{where}: output_size {cfg.output_size} not divisible by {cfg.attention_heads} heads")
+        raise ConfigError(
+            f"{where}: output_size {cfg.output_size} not divisible by {cfg.attention_heads} heads"
+        )
     return cfg
 
 
@@ -365,9 +387,18 @@ def _read_estimator(node: Any) -> EstimatorConfig:
         raw,
         where,
         {
-            "in_channels": int, "out_channels": int, "causal": bool, "channels": (list, tuple),
-            "dropout": _NUM, "attention_head_dim": int, "n_blocks": int, "num_mid_blocks": int,
-            "num_heads": int, "act_fn": "gelu", "static_chunk_size": int, "num_decoding_left_chunks": int,
+            "in_channels": int,
+            "out_channels": int,
+            "causal": bool,
+            "channels": (list, tuple),
+            "dropout": _NUM,
+            "attention_head_dim": int,
+            "n_blocks": int,
+            "num_mid_blocks": int,
+            "num_heads": int,
+            "act_fn": "gelu",
+            "static_chunk_size": int,
+            "num_decoding_left_chunks": int,
         },
     )
     if node.target.endswith(".ConditionalDecoder") and not args.get("causal", False):
@@ -379,8 +410,10 @@ def _read_estimator(node: Any) -> EstimatorConfig:
     if "channels" in args:
         cfg.channels = _int_list(args["channels"], f"{where}.channels")
     if len(cfg.channels) != 1:
-        raise ConfigError(f"{where}.channels: only one UNet level is supported (CosyVoice2 uses [256]), "
-                          f"got {list(cfg.channels)}")
+        raise ConfigError(
+            f"{where}.channels: only one UNet level is supported (CosyVoice2 uses [256]), "
+            f"got {list(cfg.channels)}"
+        )
     return cfg
 
 
@@ -390,15 +423,32 @@ def _read_flow(node: Any) -> FlowConfig:
         _obj(node, where, _FLOW_CLASSES),
         where,
         {
-            "input_size": int, "output_size": int, "spk_embed_dim": int, "output_type": "mel",
-            "vocab_size": int, "input_frame_rate": int, "only_mask_loss": bool, "token_mel_ratio": int,
-            "pre_lookahead_len": int, "encoder": _ANY, "decoder": _ANY, "length_regulator": type(None),
-            "decoder_conf": dict, "mel_feat_conf": dict,
+            "input_size": int,
+            "output_size": int,
+            "spk_embed_dim": int,
+            "output_type": "mel",
+            "vocab_size": int,
+            "input_frame_rate": int,
+            "only_mask_loss": bool,
+            "token_mel_ratio": int,
+            "pre_lookahead_len": int,
+            "encoder": _ANY,
+            "decoder": _ANY,
+            "length_regulator": type(None),
+            "decoder_conf": dict,
+            "mel_feat_conf": dict,
         },
     )
     cfg = FlowConfig()
-    for k in ("input_size", "output_size", "spk_embed_dim", "vocab_size", "input_frame_rate",
-              "token_mel_ratio", "pre_lookahead_len"):
+    for k in (
+        "input_size",
+        "output_size",
+        "spk_embed_dim",
+        "vocab_size",
+        "input_frame_rate",
+        "token_mel_ratio",
+        "pre_lookahead_len",
+    ):
         if k in args:
             setattr(cfg, k, args[k])
     if "encoder" not in args or "decoder" not in args:
@@ -427,8 +477,14 @@ def _read_flow(node: Any) -> FlowConfig:
         p = _take(
             params,
             f"{where}.cfm_params",
-            {"sigma_min": _NUM, "solver": "euler", "t_scheduler": str, "training_cfg_rate": _NUM,
-             "inference_cfg_rate": _NUM, "reg_loss_type": str},
+            {
+                "sigma_min": _NUM,
+                "solver": "euler",
+                "t_scheduler": str,
+                "training_cfg_rate": _NUM,
+                "inference_cfg_rate": _NUM,
+                "reg_loss_type": str,
+            },
         )
         if "t_scheduler" in p:
             if p["t_scheduler"] not in ("cosine", "linear"):
@@ -446,7 +502,8 @@ def _read_flow(node: Any) -> FlowConfig:
         raise ConfigError(f"{where}.spk_emb_dim {cfm.spk_emb_dim} must equal flow.output_size {mel}")
     if cfg.estimator.in_channels != 4 * mel or cfg.estimator.out_channels != mel:
         raise ConfigError(
-            f"flow.decoder.estimator: in/out channels {cfg.estimator.in_channels}/{cfg.estimator.out_channels}"
+            f"flow.decoder.estimator: in/out channels "
+            f"{cfg.estimator.in_channels}/{cfg.estimator.out_channels}"
             f" do not fit {mel} mel bins (expected {4 * mel}/{mel}: x, mu, speaker, cond)"
         )
     if cfg.encoder.input_size != cfg.input_size or cfg.encoder.output_size != cfg.input_size:
@@ -465,11 +522,22 @@ def _read_hift(node: Any) -> HiFTConfig:
         _obj(node, where, _HIFT_CLASSES),
         where,
         {
-            "in_channels": int, "base_channels": int, "nb_harmonics": int, "sampling_rate": int,
-            "nsf_alpha": _NUM, "nsf_sigma": _NUM, "nsf_voiced_threshold": _NUM, "upsample_rates": _ANY,
-            "upsample_kernel_sizes": _ANY, "istft_params": dict, "resblock_kernel_sizes": _ANY,
-            "resblock_dilation_sizes": _ANY, "source_resblock_kernel_sizes": _ANY,
-            "source_resblock_dilation_sizes": _ANY, "lrelu_slope": _NUM, "audio_limit": _NUM,
+            "in_channels": int,
+            "base_channels": int,
+            "nb_harmonics": int,
+            "sampling_rate": int,
+            "nsf_alpha": _NUM,
+            "nsf_sigma": _NUM,
+            "nsf_voiced_threshold": _NUM,
+            "upsample_rates": _ANY,
+            "upsample_kernel_sizes": _ANY,
+            "istft_params": dict,
+            "resblock_kernel_sizes": _ANY,
+            "resblock_dilation_sizes": _ANY,
+            "source_resblock_kernel_sizes": _ANY,
+            "source_resblock_dilation_sizes": _ANY,
+            "lrelu_slope": _NUM,
+            "audio_limit": _NUM,
             "f0_predictor": _ANY,
         },
     )
@@ -480,7 +548,12 @@ def _read_hift(node: Any) -> HiFTConfig:
     for k in ("nsf_alpha", "nsf_sigma", "nsf_voiced_threshold", "lrelu_slope", "audio_limit"):
         if k in args:
             setattr(cfg, k, float(args[k]))
-    for k in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes", "source_resblock_kernel_sizes"):
+    for k in (
+        "upsample_rates",
+        "upsample_kernel_sizes",
+        "resblock_kernel_sizes",
+        "source_resblock_kernel_sizes",
+    ):
         if k in args:
             setattr(cfg, k, _int_list(args[k], f"{where}.{k}"))
     for k in ("resblock_dilation_sizes", "source_resblock_dilation_sizes"):
@@ -515,7 +588,9 @@ def parse_config(text: str) -> DecoderConfig:
     data = load_yaml_data(text)
     for key in ("flow", "hift"):
         if key not in data:
-            raise ConfigError(f"cosyvoice.yaml has no '{key}:' section (is this a CosyVoice2 decoder config?)")
+            raise ConfigError(
+                f"cosyvoice.yaml has no '{key}:' section (is this a CosyVoice2 decoder config?)"
+            )
     flow = _read_flow(data["flow"])
     hift = _read_hift(data["hift"])
     sr = data.get("sample_rate", hift.sampling_rate)

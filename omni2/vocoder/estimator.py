@@ -47,7 +47,9 @@ class CausalBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.block = nn.Sequential(CausalConv1d(cin, cout, 3), _Identity(), _ChannelLayerNorm(cout), _Identity())
+        self.block = nn.Sequential(
+            CausalConv1d(cin, cout, 3), _Identity(), _ChannelLayerNorm(cout), _Identity()
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         y = self.block[0](x * mask)
@@ -146,7 +148,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torc
 
 
 def _stage(dim: int, cfg: EstimatorConfig) -> nn.ModuleList:
-    return nn.ModuleList(TransformerBlock(dim, cfg.num_heads, cfg.attention_head_dim) for _ in range(cfg.n_blocks))
+    return nn.ModuleList(
+        TransformerBlock(dim, cfg.num_heads, cfg.attention_head_dim) for _ in range(cfg.n_blocks)
+    )
 
 
 class CausalUNetEstimator(nn.Module):
@@ -159,7 +163,11 @@ class CausalUNetEstimator(nn.Module):
         time_dim = ch * 4
         self.time_mlp = _TimeMLP(cfg.in_channels, time_dim)
         self.down_blocks = nn.ModuleList(
-            [nn.ModuleList([ResBlock(cfg.in_channels, ch, time_dim), _stage(ch, cfg), CausalConv1d(ch, ch, 3)])]
+            [
+                nn.ModuleList(
+                    [ResBlock(cfg.in_channels, ch, time_dim), _stage(ch, cfg), CausalConv1d(ch, ch, 3)]
+                )
+            ]
         )
         self.mid_blocks = nn.ModuleList(
             nn.ModuleList([ResBlock(ch, ch, time_dim), _stage(ch, cfg)]) for _ in range(cfg.num_mid_blocks)

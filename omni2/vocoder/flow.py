@@ -57,7 +57,9 @@ class CausalCFM(nn.Module):
             t = 1 - torch.cos(t * 0.5 * torch.pi)
         return t
 
-    def forward(self, mu: torch.Tensor, spks: torch.Tensor, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, mu: torch.Tensor, spks: torch.Tensor, z: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
         """Integrate from noise ``z`` [1,C,T] to a mel; operation order mirrors the official solver."""
         rate = self.cfg.cfm.inference_cfg_rate
         chunk = self.cfg.estimator_chunk
@@ -155,4 +157,3 @@ class FlowModel(nn.Module):
 
 def param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
