@@ -125,22 +125,23 @@ def prepare_audio(
     """Decode, validate and convert to 16 kHz mono float32.
 
     Errors (AudioError): unreadable/non-audio data, no samples, NaN/Inf samples, silence (unless
-    ``allow_silence``). Fallbacks, reported in ``warnings``: stereo is averaged to mono, other
-    sample rates are resampled, clipping is kept as is, audio longer than ``max_seconds`` is cut
-    (the model sees at most 30 s, as the official one does).
+    ``allow_silence``). Silent fallbacks: channels are averaged to mono, any sample rate is
+    resampled. Fallbacks reported in ``warnings``: float samples beyond full scale are scaled down,
+    clipping is kept as is, audio longer than ``max_seconds`` is cut (the model sees at most 30 s,
+    as the official one does).
     """
     data, sr = read_audio(source, rate)
     warnings: list[str] = []
     if data.size == 0:
         raise AudioError("the audio has no samples")
     if data.ndim == 2 and min(data.shape) > 1:
-        warnings.append(f"multi-channel audio ({min(data.shape)} channels) was averaged to mono")
+        log.info("multi-channel audio (%d channels) averaged to mono", min(data.shape))
     samples = to_mono(data)
     if not np.all(np.isfinite(samples)):
         bad = int(np.count_nonzero(~np.isfinite(samples)))
         raise AudioError(f"the audio contains {bad} NaN/Inf samples; it is corrupt")
     if sr != SAMPLE_RATE:
-        warnings.append(f"resampled from {sr} Hz to {SAMPLE_RATE} Hz")
+        log.debug("resampling from %d Hz to %d Hz", sr, SAMPLE_RATE)
         samples = resample(samples, sr)
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
     if peak > 1.0:

@@ -319,7 +319,7 @@ class Engine:
                 lap("llm", t)
 
             kept = self._kept_text_ids(turn, text_ids, units, window_text_units, speak)
-            text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+            text = self.tokenizer.decode([i for i in kept if i not in eos], skip_special_tokens=True).strip()
             session.dropped_turns += len(session.turns) + 1 - len(turns)
             session.turns = [*turns, AssistantTurn(text)]
             committed = True
