@@ -141,6 +141,11 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.vocoder = vocoder
         self.max_prompt = loaded.config.tokenizer_model_max_length
+        # Embedding tables have padding rows past the tokenizer's last id; never sample those.
+        rows = self.model.llm.config.vocab_size
+        self._text_vocab_mask = None
+        if len(self.tokenizer) < rows:
+            self._text_vocab_mask = torch.arange(rows) < len(self.tokenizer)
 
     # -- sessions and encoding ----------------------------------------------------------------
     def new_session(self) -> Session:
@@ -261,7 +266,7 @@ class Engine:
             sampling = opts.llm_sampling
             if sampling.repetition_penalty == 1.0 and self.loaded.generation.repetition_penalty != 1.0:
                 sampling = replace(sampling, repetition_penalty=self.loaded.generation.repetition_penalty)
-            sampler = Sampler(sampling, seed=opts.seed)
+            sampler = Sampler(sampling, seed=opts.seed, allowed=self._text_vocab_mask)
             eos = set(self.loaded.generation.eos_ids)
             speak = opts.speak and self.loaded.can_speak
             if speak:
@@ -282,7 +287,7 @@ class Engine:
                 if trace is not None:
                     trace.hidden.append(hidden.float().cpu())
                 finished = tok in eos or len(text_ids) >= opts.max_new_tokens
-                delta = detok.push(tok)
+                delta = "" if tok in eos else detok.push(tok)
                 t = lap("llm", t)
                 if delta:
                     if first_text is None:
