@@ -61,6 +61,23 @@ def find_checkpoint(name_or_path: str | Path | None = None, root: Path | None = 
     )
 
 
+def find_decoder(model_dir: Path | None = None, decoder: str | Path | None = None,
+                 root: Path | None = None) -> Path | None:
+    """The CosyVoice2 decoder folder: ``decoder`` if given (must exist), else ``<model>/cosy2_decoder``
+    (tiny checkpoints), else ``checkpoints/cosy2_decoder``. None when there is none."""
+    if decoder is not None:
+        path = Path(decoder).expanduser()
+        if not (path / "cosyvoice.yaml").is_file():
+            raise CheckpointError(f"decoder folder {path} has no cosyvoice.yaml "
+                                  "(download it with: python launch.py download --only decoder)")
+        return path
+    root = Path(root or DEFAULT_CHECKPOINTS)
+    for c in ([model_dir / "cosy2_decoder"] if model_dir else []) + [root / "cosy2_decoder"]:
+        if (c / "cosyvoice.yaml").is_file():
+            return c
+    return None
+
+
 def resolve_speech_encoder_file(config: Omni2Config, ckpt_dir: Path, root: Path | None = None) -> Path | None:
     """The Whisper file named by ``speech_encoder``: as written, then relative to the checkpoint,
     then under checkpoints/speech_encoder/ by file name. None when none exists."""

@@ -46,9 +46,11 @@ class VocoderStream(Protocol):
 
 
 class Vocoder(Protocol):
+    """What the engine needs of a unit decoder (omni2.vocoder.token2wav.Decoder is one)."""
+
     sample_rate: int
 
-    def stream(self) -> VocoderStream: ...
+    def stream(self, xvector: Any = None) -> VocoderStream: ...
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class ReplyOptions:
     max_drain: int = DEFAULT_MAX_DRAIN
     tts_cache: bool = True
     reuse_prefix: bool = True
+    voice: Any = None  # speaker x-vector for the vocoder (None: the decoder's default voice)
     trace: bool = False
 
 
@@ -274,7 +277,7 @@ class Engine:
                 writer = UnitWriter(self.model.speech_generator, self.loaded.tts_vocab, r, w, opts.tts_sampling,
                                     seed=opts.tts_seed, restrict_to_units=opts.restrict_units,
                                     max_drain=opts.max_drain, use_cache=opts.tts_cache, trace=opts.trace)
-            voc = self.vocoder.stream() if (speak and self.vocoder is not None) else None
+            voc = self.vocoder.stream(opts.voice) if (speak and self.vocoder is not None) else None
             detok = _Detokenizer(self.tokenizer)
 
             while True:

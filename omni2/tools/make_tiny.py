@@ -192,7 +192,7 @@ def make_tiny(out: str | Path, seed: int = 0, decoder: bool = True) -> Path:
     if decoder:
         write_decoder = _tiny_decoder_writer()
         if write_decoder is not None:
-            write_decoder(out / "cosy2_decoder", seed=seed)
+            write_decoder(out / "cosy2_decoder", seed=seed, vocab_size=NUM_UNITS)
     (out / "README.md").write_text(f"# tiny LLaMA-Omni2 checkpoint\n\n{RANDOM_WEIGHTS_NOTICE}\n"
                                    "Made by `python -m omni2.tools.make_tiny`.\n")
     return out
