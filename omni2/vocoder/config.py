@@ -603,6 +603,18 @@ def parse_config(text: str) -> DecoderConfig:
     return DecoderConfig(sample_rate=sr, flow=flow, hift=hift)
 
 
+def cosyvoice2_config() -> DecoderConfig:
+    """The real CosyVoice2-0.5B decoder dimensions (what the official cosyvoice.yaml yields)."""
+    hift = HiFTConfig(
+        sampling_rate=24000,
+        upsample_rates=(8, 5, 3),
+        upsample_kernel_sizes=(16, 11, 7),
+        source_resblock_kernel_sizes=(7, 7, 11),
+        source_resblock_dilation_sizes=((1, 3, 5), (1, 3, 5), (1, 3, 5)),
+    )
+    return DecoderConfig(sample_rate=24000, flow=FlowConfig(), hift=hift)
+
+
 def load_config(path: str | Path) -> DecoderConfig:
     """Read ``cosyvoice.yaml`` from disk (see :func:`parse_config`)."""
     path = Path(path)

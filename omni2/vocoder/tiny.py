@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni2.vocoder.config import parse_config
+from omni2.vocoder.config import DecoderConfig, parse_config
 from omni2.vocoder.flow import FlowModel
 from omni2.vocoder.hift import HiFTGenerator
+from omni2.vocoder.token2wav import Decoder
 
 TINY_YAML = """\
 # Tiny random-weight CosyVoice2 decoder (test fixture written by omni2.vocoder.tiny; NOT a trained model).
@@ -210,6 +211,25 @@ def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) / max(fan_in, 1) ** 0.5)
 
 
+def build_random_decoder(
+    cfg: DecoderConfig, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Decoder:
+    """An in-memory decoder with random weights for any config (e.g. real-size speed tests)."""
+    gen = torch.Generator().manual_seed(seed)
+    flow, hift = FlowModel(cfg.flow), HiFTGenerator(cfg.hift)
+    _randomize(flow, gen)
+    _randomize(hift, gen)
+    with torch.no_grad():
+        hift.f0_predictor.classifier.bias.fill_(150.0)
+        hift.conv_post.weight.mul_(0.05)
+        hift.conv_post.bias[: cfg.hift.n_fft // 2 + 1].fill_(-1.5)
+    flow.to(device=device, dtype=dtype)
+    flow.noise = flow.noise.float()
+    hift.to(device=device)
+    xvec = torch.randn(1, cfg.flow.spk_embed_dim, generator=gen)
+    return Decoder(cfg, flow, hift, device=device, xvector=xvec)
+
+
 def write_tiny_decoder(out_dir: Path, seed: int = 0, vocab_size: int = 6561, width: int = 64) -> Path:
     """Write cosyvoice.yaml, flow.pt, hift.pt, campplus.onnx and spk_xvector.npy into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -236,4 +256,4 @@ def write_tiny_decoder(out_dir: Path, seed: int = 0, vocab_size: int = 6561, wid
     return out_dir
 
 
-__all__ = ["write_tiny_decoder", "campplus_standin_onnx", "unfold_weight_norm"]
+__all__ = ["build_random_decoder", "campplus_standin_onnx", "unfold_weight_norm", "write_tiny_decoder"]
