@@ -331,3 +331,19 @@ def test_cli_bad_input_is_clean_error(tiny_dir: Path, tmp_path: Path, capsys) ->
         ["vocode", "--decoder", str(tmp_path / "nope"), "--units", str(units), "--out-dir", str(tmp_path)]
     )
     assert rc == 2 and "decoder folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("window, n", [(10, 230), (53, 160)])
+def test_incremental_flow_equals_full_recompute(decoder, window: int, n: int) -> None:
+    """Issue 7 path: freezing finished chunks gives the official recompute's frames and audio."""
+    u = _units(n, seed=7)
+    outs = []
+    for incremental in (False, True):
+        s = decoder.stream(record=True, incremental=incremental)
+        windows = [u[i : i + window] for i in range(0, n, window)]
+        pieces = [s.finalize(w) if i == len(windows) - 1 else s.push(w) for i, w in enumerate(windows)]
+        outs.append((np.concatenate(pieces), torch.cat([c.mel for c in s.calls], dim=2), s))
+    (wav_full, mel_full, _), (wav_inc, mel_inc, s_inc) = outs
+    assert s_inc.flow_state is not None and s_inc.flow_state.frozen >= 200  # really skipped chunks
+    torch.testing.assert_close(mel_inc, mel_full, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(wav_inc, wav_full, atol=2e-3)

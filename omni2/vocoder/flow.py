@@ -20,7 +20,7 @@ from torch import nn
 
 from omni2.vocoder.config import FlowConfig
 from omni2.vocoder.conformer import UpsampleConformerEncoder
-from omni2.vocoder.estimator import CausalUNetEstimator
+from omni2.vocoder.estimator import CausalUNetEstimator, FrozenPrefix, IncrementalContext
 
 DEFAULT_NOISE_SEED = 0
 
@@ -38,8 +38,20 @@ def make_noise(n_mels: int, frames: int, seed: int = DEFAULT_NOISE_SEED) -> torc
 
 @dataclass
 class FlowOutput:
-    mel: torch.Tensor  # [1, n_mels, T] float32
+    mel: torch.Tensor  # [1, n_mels, T - start] float32
     mu: torch.Tensor  # [1, n_mels, T] encoder_proj output (transposed)
+    start: int = 0  # first frame ``mel`` covers (incremental mode; 0 = all frames)
+
+
+@dataclass
+class FlowState:
+    """Per-utterance state of the incremental flow: frames [0, frozen) are final and summarised."""
+
+    frozen: int = 0
+    prefixes: list[FrozenPrefix] | None = None
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes() for p in self.prefixes or [])
 
 
 class CausalCFM(nn.Module):
@@ -58,9 +70,19 @@ class CausalCFM(nn.Module):
         return t
 
     def forward(
-        self, mu: torch.Tensor, spks: torch.Tensor, z: torch.Tensor, cond: torch.Tensor
-    ) -> torch.Tensor:
-        """Integrate from noise ``z`` [1,C,T] to a mel; operation order mirrors the official solver."""
+        self,
+        mu: torch.Tensor,
+        spks: torch.Tensor,
+        z: torch.Tensor,
+        cond: torch.Tensor,
+        prefixes: list[FrozenPrefix] | None = None,
+        freeze: int = 0,
+    ) -> tuple[torch.Tensor, list[FrozenPrefix] | None]:
+        """Integrate from noise ``z`` [1,C,T] to a mel; operation order mirrors the official solver.
+
+        With ``prefixes`` (one per Euler step) the inputs cover only the frames after the frozen
+        prefix; the returned prefixes additionally freeze the first ``freeze`` of those frames.
+        """
         rate = self.cfg.cfm.inference_cfg_rate
         chunk = self.cfg.estimator_chunk
         t_span = self.time_grid(mu.dtype, mu.device)
@@ -74,18 +96,24 @@ class CausalCFM(nn.Module):
             spks_in = torch.cat([spks, torch.zeros_like(spks)])
             cond_in = torch.cat([cond, torch.zeros_like(cond)])
         n = len(t_span)
+        out_prefixes: list[FrozenPrefix] | None = [] if prefixes is not None else None
         for step in range(1, n):
+            ctx = IncrementalContext(prefixes[step - 1]) if prefixes is not None else None
             if rate > 0:
-                v = self.estimator(torch.cat([x, x]), mask_in, mu_in, t.expand(2), spks_in, cond_in, chunk)
+                v = self.estimator(
+                    torch.cat([x, x]), mask_in, mu_in, t.expand(2), spks_in, cond_in, chunk, ctx
+                )
                 v_cond, v_uncond = v[:1], v[1:]
                 v = (1.0 + rate) * v_cond - rate * v_uncond
             else:
-                v = self.estimator(x, mask, mu, t, spks, cond, chunk)
+                v = self.estimator(x, mask, mu, t, spks, cond, chunk, ctx)
+            if ctx is not None:
+                out_prefixes.append(ctx.advance(freeze))
             x = x + dt * v
             t = t + dt
             if step < n - 1:
                 dt = t_span[step + 1] - t
-        return x.float()
+        return x.float(), out_prefixes
 
 
 class FlowModel(nn.Module):
@@ -144,8 +172,51 @@ class FlowModel(nn.Module):
         if frames == 0:
             mel = mu.float()
         else:
-            mel = self.decoder(mu, spk, z, cond)
+            mel, _ = self.decoder(mu, spk, z, cond)
         return FlowOutput(mel=mel, mu=mu.float())
+
+    def can_freeze(self) -> bool:
+        """Incremental decoding needs estimator chunks aligned with encoder chunks (always true
+        for configs read from cosyvoice.yaml: 100 frames = 2 x 50 tokens)."""
+        c1, c2 = self.cfg.encoder_chunk, self.cfg.estimator_chunk
+        return c1 > 0 and c2 == c1 * self.cfg.token_mel_ratio
+
+    @torch.inference_mode()
+    def inference_incremental(
+        self, tokens: torch.Tensor, xvector: torch.Tensor, finalize: bool, state: FlowState
+    ) -> FlowOutput:
+        """Same frames as :meth:`inference` but the estimator only runs from ``state.frozen`` on.
+
+        Frames of an estimator chunk are final once the chunk is complete and its tokens' encoder
+        chunk has its 3 lookahead tokens (M - 3 >= its end): chunk masks, causal convs and the
+        position-indexed noise make them independent of anything later. Their keys/values and conv
+        contexts are kept (``state``), so a call costs O(current chunk) instead of O(prefix). The
+        encoder (a few % of the flow's work) is still re-run over all tokens. Returned ``mel``
+        covers frames ``start`` (= ``state.frozen`` before the call) .. T.
+        """
+        if not self.can_freeze():
+            raise RuntimeError("incremental flow needs estimator_chunk == token_mel_ratio * encoder_chunk")
+        dtype = self.input_embedding.weight.dtype
+        spk = self.speaker(xvector.to(device=tokens.device, dtype=dtype))
+        mu = self.encode(tokens, finalize)
+        frames = mu.size(2)
+        start = state.frozen
+        if frames <= start:
+            raise RuntimeError(f"incremental flow: {frames} frames but {start} already frozen")
+        freeze_to = start
+        if not finalize:
+            c1, c2 = self.cfg.encoder_chunk, self.cfg.estimator_chunk
+            final_tokens = max(tokens.size(1) - self.cfg.pre_lookahead_len, 0)
+            freeze_to = max(start, min((final_tokens // c1) * c2, (frames // c2) * c2))
+        z = self.noise_for(frames)[:, :, start:].to(device=mu.device, dtype=mu.dtype)
+        mu_new = mu[:, :, start:]
+        prefixes = state.prefixes or [FrozenPrefix() for _ in range(self.cfg.cfm.n_timesteps)]
+        mel, new_prefixes = self.decoder(
+            mu_new, spk, z, torch.zeros_like(mu_new), prefixes=prefixes, freeze=freeze_to - start
+        )
+        state.prefixes = new_prefixes
+        state.frozen = freeze_to
+        return FlowOutput(mel=mel, mu=mu.float(), start=start)
 
     def num_frames(self, n_tokens: int, finalize: bool) -> int:
         """Mel frames one call yields for ``n_tokens`` (official arithmetic, never negative)."""
