@@ -251,7 +251,7 @@ class Engine:
                 session.runner, session.cached_keys = runner, []
             common = 0
             if opts.reuse_prefix:
-                for a, b in zip(session.cached_keys, keys):
+                for a, b in zip(session.cached_keys, keys, strict=False):
                     if a != b:
                         break
                     common += 1

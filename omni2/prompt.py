@@ -47,7 +47,7 @@ def splice_speech(
     ids_t = torch.tensor(list(ids), dtype=torch.long)
     pieces: list[torch.Tensor] = []
     start = 0
-    for pos, feats in zip(positions, speech):
+    for pos, feats in zip(positions, speech, strict=True):
         if pos > start:
             pieces.append(embed(ids_t[start:pos]))
         pieces.append(feats)

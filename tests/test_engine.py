@@ -64,7 +64,7 @@ def test_any_read_write_schedule(engine, question_wav, rw) -> None:
     n_windows = len(w.text_window_ends)
     assert w.text_window_ends[-1] == len(end.trace.text_ids)
     assert n_windows == -(-len(end.trace.text_ids) // r)
-    steps = [b - a for a, b in zip([0, *w.tts_window_ends], w.tts_window_ends)]
+    steps = [b - a for a, b in zip([0, *w.tts_window_ends], w.tts_window_ends, strict=False)]
     assert all(s <= wr for s in steps[:-1])
 
 

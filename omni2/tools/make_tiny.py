@@ -47,16 +47,20 @@ def _added(content: str, special: bool = True) -> dict:
             "single_word": False, "special": special}
 
 
-def write_tokenizer(out: Path, extra: list[tuple[str, bool]]) -> dict[str, int]:
+def write_tokenizer(out: Path, extra: list[tuple[str, bool]], first_added_id: int | None = None) -> dict[str, int]:
     """Write slow (vocab.json/merges.txt) and fast (tokenizer.json) Qwen2 tokenizer files.
 
-    ``extra`` = (content, special) tokens added after the specials. Returns content -> id.
+    ``extra`` = (content, special) tokens added after the specials. With ``first_added_id`` the
+    vocabulary is padded with unreachable dummy tokens so the specials sit at the real Qwen2.5 ids
+    (151643…), as benchmarks at real sizes need. Returns content -> id.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers import AddedToken as FastAdded
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     out.mkdir(parents=True, exist_ok=True)
     vocab = _byte_vocab()
+    if first_added_id is not None:
+        vocab.update({f"<|dummy_{i}|>": i for i in range(len(vocab), first_added_id)})
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (out / "merges.txt").write_text("#version: 0.2\n")
     ids: dict[str, int] = {}
