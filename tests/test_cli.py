@@ -116,3 +116,15 @@ def test_make_tiny_command(tmp_path) -> None:
               "speech_encoder/tiny.pt"):
         assert (tmp_path / "t" / f).is_file(), f
     assert Path(tmp_path / "t" / "cosy2_decoder" / "cosyvoice.yaml").is_file()
+
+
+def test_chat_writes_spoken_reply(tiny_dir, question_wav, tmp_path) -> None:
+    import soundfile as sf
+
+    units = tmp_path / "u.txt"
+    r = launch("chat", "--model", tiny_dir, "--audio", question_wav, "--max-new-tokens", "6", "--tts-greedy",
+               "--out-dir", tmp_path / "wavs", "--units-out", units)
+    assert r.returncode == 0, r.stderr
+    data, rate = sf.read(tmp_path / "wavs" / "question_reply.wav")
+    n_units = units.read_text().count("<")
+    assert rate == 24000 and len(data) == 960 * n_units and n_units > 0

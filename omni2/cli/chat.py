@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from omni2.errors import ConfigError
+from omni2.errors import CheckpointError, ConfigError
 
 
 def _stream_params(value: str) -> tuple[int, int]:
@@ -33,7 +33,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="model folder, or a name under checkpoints/ (default: LLaMA-Omni2-0.5B)")
     g.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1 …")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="compute dtype (auto: bfloat16 on GPU, float32 on CPU)")
+                   help="compute dtype (auto: bfloat16 on GPUs and on CPUs with native bf16, else float32)")
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -80,6 +80,10 @@ def register(sub) -> None:
     p.add_argument("--units-out", type=Path, help="write speech units, one answer per line (<u><u>…)")
     p.add_argument("--answers-out", type=Path,
                    help="write answers.jsonl in the official format (question_id, prediction, prediction_units)")
+    p.add_argument("--out-dir", type=Path,
+                   help="write each spoken reply as <question>_reply.wav (24 kHz) here (needs the cosy2 decoder)")
+    p.add_argument("--decoder", type=Path, help="CosyVoice2 decoder folder (default: checkpoints/cosy2_decoder)")
+    p.add_argument("--voice", type=Path, help="speaker voice: a wav (via CAM++) or an x-vector .npy/.pt")
     add_generation_args(p)
     p.set_defaults(func=run)
 
@@ -106,16 +110,19 @@ def _questions(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from omni2.checkpoint import load_omni2
-    from omni2.engine import Engine
-    from omni2.events import Notice, TextDelta, TurnEnd
+    from omni2.audio import write_wav
+    from omni2.events import AudioChunk, Notice, TextDelta, TurnEnd
+    from omni2.runtime import load_engine
 
     if args.history_text and len(args.history_text) != len(args.audio) - 1:
         raise ConfigError(f"--history-text must be given once per earlier turn: {len(args.audio)} --audio "
                           f"need {len(args.audio) - 1} --history-text, got {len(args.history_text)}")
-    speak = not args.text_only or bool(args.units_out or args.answers_out)
-    loaded = load_omni2(args.model, dtype=args.dtype, device=args.device, load_tts=speak)
-    engine = Engine(loaded)
+    speak = not args.text_only or bool(args.units_out or args.answers_out or args.out_dir)
+    engine = load_engine(args.model, decoder=args.decoder, voice=args.voice, device=args.device, dtype=args.dtype,
+                         speak=speak, audio=args.out_dir is not None)
+    if args.out_dir and engine.vocoder is None:
+        raise CheckpointError("--out-dir needs the CosyVoice2 decoder: python launch.py download --only decoder "
+                              "(or pass --decoder DIR)")
     session = engine.new_session()
     options = reply_options(args, speak)
 
@@ -129,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     for audio in questions:
         result = None
+        pieces = []
         for event in engine.respond(session, audio, options):
-            if isinstance(event, Notice):
+            if isinstance(event, AudioChunk):
+                pieces.append(event.samples)
+            elif isinstance(event, Notice):
                 print(f"[{event.message}]", file=sys.stderr)
             elif isinstance(event, TextDelta):
                 print(event.text, end="", flush=True)
@@ -144,6 +154,12 @@ def run(args: argparse.Namespace) -> int:
         t = result.timings
         print(f"[{len(result.units)} units; first text {_ms(result.first_text_latency)}, first units "
               f"{_ms(result.first_unit_latency)}, total {_ms(t.get('total'))}]", file=sys.stderr)
+        if args.out_dir and pieces:
+            import numpy as np
+
+            wav = write_wav(args.out_dir / f"{Path(str(audio)).stem}_reply.wav", np.concatenate(pieces),
+                            engine.vocoder.sample_rate)
+            print(f"[reply audio: {wav}]", file=sys.stderr)
         answers.append({"question_id": Path(str(audio)).stem, "prediction": result.text,
                         "prediction_units": "".join(f"<{u}>" for u in result.units)})
     if args.units_out:
