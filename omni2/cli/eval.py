@@ -27,7 +27,8 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate on recorded questions (accuracy, ASR-WER, latency; resumable)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    p.add_argument("--decoder", default=None, help="CosyVoice2 decoder folder (default: found next to the model)")
+    p.add_argument("--decoder", default=None,
+                   help="CosyVoice2 decoder folder (default: found next to the model)")
     p.add_argument("--voice", default=None, help="reply voice: a wav, or an x-vector file (.npy/.pt)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--data", required=True, metavar="MANIFEST|FOLDER|sample",
@@ -35,7 +36,8 @@ def register(sub) -> None:
     g.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder (created; resumed)")
     g.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N items")
     g.add_argument("--asr", default="whisper", metavar="BACKEND",
-                   help="ASR for S2S accuracy and ASR-WER: whisper (default; the model's Whisper file) or none")
+                   help="ASR for S2S accuracy and ASR-WER: whisper (default; the model's Whisper file) "
+                        "or none")
     g.add_argument("--asr-model", default=None, metavar="FILE",
                    help="openai-whisper weights file (default: the speech encoder's, e.g. large-v3.pt)")
     g.add_argument("--asr-max-tokens", type=int, default=None, metavar="N",

@@ -27,6 +27,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PERCENTILES = (50, 90, 99)
+_WORD = re.compile(r"\w+")
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,8 +54,12 @@ def _whisper_normalizer():
 
 
 def normalize_whisper(text: str) -> str:
-    """Whisper's English text normaliser (the one the paper applies before ASR-WER)."""
-    return " ".join(_whisper_normalizer()(text or "").split())
+    """Whisper's English text normaliser (the one the paper applies before ASR-WER).
+
+    Tokens left without any letter or digit (a lone "." it keeps from "...") are dropped: they are
+    not words a listener hears.
+    """
+    return " ".join(t for t in _whisper_normalizer()(text or "").split() if _WORD.search(t))
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,7 +158,8 @@ def _finite(values: Iterable[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
-def percentiles(values: Iterable[float | None], ps: Sequence[int] = PERCENTILES) -> dict[str, float | int | None]:
+def percentiles(values: Iterable[float | None],
+                ps: Sequence[int] = PERCENTILES) -> dict[str, float | int | None]:
     """``{"n", "mean", "min", "max", "p50", "p90", "p99"}`` of the values that are not None."""
     vals = _finite(values)
     out: dict[str, float | int | None] = {"n": len(vals)}
@@ -172,9 +178,6 @@ def rtf(processing_seconds: float | None, audio_seconds: float | None) -> float 
     if processing_seconds is None or not audio_seconds or audio_seconds <= 0:
         return None
     return float(processing_seconds) / float(audio_seconds)
-
-
-_WORD = re.compile(r"\w+")
 
 
 def word_count(text: str) -> int:

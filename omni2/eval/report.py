@@ -71,7 +71,8 @@ def summarize(items: list[EvalItem], records: dict[str, dict], info: dict, asr_r
 
     s2t_flags, s2s_flags, wer_refs, wer_hyps = [], [], [], []
     for r in done:
-        row: dict[str, Any] = {"id": r["id"], "status": r.get("status"), "s2t": None, "s2s": None, "wer": None}
+        row: dict[str, Any] = {"id": r["id"], "status": r.get("status"), "s2t": None, "s2s": None,
+                               "wer": None}
         if r.get("status") == "ok":
             if r.get("answers"):
                 row["s2t"] = metrics.answer_in_reply(r.get("reply_text", ""), r["answers"])
@@ -83,7 +84,8 @@ def summarize(items: list[EvalItem], records: dict[str, dict], info: dict, asr_r
                 row["wer"] = metrics.item_wer(r.get("reply_text", ""), r["asr_text"])
                 wer_refs.append(r.get("reply_text", ""))
                 wer_hyps.append(r["asr_text"])
-        row["first_audio_ms"] = None if r.get("first_audio_latency") is None else r["first_audio_latency"] * 1000
+        fa = r.get("first_audio_latency")
+        row["first_audio_ms"] = None if fa is None else fa * 1000
         per_item.append(row)
 
     no_answers = "the evaluation data has no reference answers"
@@ -304,7 +306,8 @@ def render_markdown(summary: dict, plots: dict[str, str]) -> str:
     lines += [
         f"- model: `{run.get('model_path')}` ({run.get('device')}, {run.get('dtype')})",
         f"- data: `{s.get('data')}`",
-        f"- generation: `{json.dumps(s.get('generation', {}))}`" + (" (text only)" if s.get("text_only") else ""),
+        f"- generation: `{json.dumps(s.get('generation', {}))}`"
+        + (" (text only)" if s.get("text_only") else ""),
         f"- ASR: {run.get('asr_backend') or s.get('asr')}",
         f"- items: {items['selected']} selected, {items['done']} done, {items['ok']} answered, "
         f"{items['failed']} failed, {items['with_answers']} with reference answers",
@@ -331,8 +334,9 @@ def render_markdown(summary: dict, plots: dict[str, str]) -> str:
         lines.append(f"| {key.replace('_', ' ')} | {st['n']} | {_num(st['mean'])} | {_num(st['p50'])} | "
                      f"{_num(st['p90'])} | {_num(st['p99'])} | {_num(st['max'])} |")
     rtf = summary["rtf"]
-    lines += ["", f"Real-time factor (processing time / reply audio): overall {_num(rtf['overall'], '{:.3f}')}, "
-              f"per item p50 {_num(rtf['per_item']['p50'], '{:.3f}')}, p90 {_num(rtf['per_item']['p90'], '{:.3f}')}."]
+    f3 = "{:.3f}"
+    lines += ["", f"Real-time factor (processing time / reply audio): overall {_num(rtf['overall'], f3)}, "
+              f"per item p50 {_num(rtf['per_item']['p50'], f3)}, p90 {_num(rtf['per_item']['p90'], f3)}."]
     if plots.get("latency"):
         lines += ["", f"![latency histogram]({plots['latency']})"]
 
@@ -345,7 +349,8 @@ def render_markdown(summary: dict, plots: dict[str, str]) -> str:
         lines += ["", "## Failed items", "", "| id | error |", "|---|---|"]
         lines += [f"| {f['id']} | {_cell(f['error'])} |" for f in summary["failures"]]
 
-    lines += ["", "## Items", "", "| id | status | S2T | S2S | WER | first audio ms |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Items", "", "| id | status | S2T | S2S | WER | first audio ms |",
+              "|---|---|---|---|---|---|"]
     for row in summary["per_item"][:500]:
         lines.append(f"| {row['id']} | {row['status']} | {_flag(row['s2t'])} | {_flag(row['s2s'])} | "
                      f"{_num(row['wer'], '{:.2f}')} | {_num(row['first_audio_ms'])} |")

@@ -138,7 +138,8 @@ def prepare_run_dir(out: Path, settings: dict[str, Any], force: bool) -> dict[st
             info = json.loads(run_json.read_text(encoding="utf-8"))
             old = info["settings"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{run_json} is unreadable ({exc}); fix or delete it, or use another --out") from exc
+            raise ConfigError(f"{run_json} is unreadable ({exc}); fix or delete it, or use another "
+                              "--out") from exc
         diff = _diff(old, settings)
         if not diff:
             info["resumed"] = info.get("resumed", 0) + 1
