@@ -290,9 +290,7 @@ def run_official(engine, history: list[tuple[np.ndarray, str]], audio: np.ndarra
         logits = out.logits[0, -1]
         tts_inputs = None
         pending_h, pending_ids = [], []
-        stream = engine.vocoder.stream() if engine.vocoder is not None else None
-        if stream is not None and hasattr(stream, "incremental"):
-            stream.incremental = False
+        stream = engine.vocoder.stream(incremental=False) if engine.vocoder is not None else None
         units_total = 0
         samples = 0
         for step in range(1, text_tokens + 1):

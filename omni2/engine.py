@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from omni2.audio import AudioSource, PreparedAudio, prepare_audio
+from omni2.audio_pump import AudioPump
 from omni2.checkpoint import LoadedOmni2
 from omni2.errors import Omni2Error
 from omni2.events import AudioChunk, Event, Notice, TextDelta, TurnEnd, Units
@@ -50,7 +51,7 @@ class Vocoder(Protocol):
 
     sample_rate: int
 
-    def stream(self, xvector: Any = None) -> VocoderStream: ...
+    def stream(self, xvector: Any = None, *, incremental: bool = True) -> VocoderStream: ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class ReplyOptions:
     tts_cache: bool = True
     reuse_prefix: bool = True
     voice: Any = None  # speaker x-vector for the vocoder (None: the decoder's default voice)
+    incremental_flow: bool = True  # freeze finished flow chunks (False: official full-prefix recompute)
+    vocoder_thread: bool | None = None  # run the vocoder beside generation (None: on GPUs only)
     trace: bool = False
 
 
@@ -214,6 +217,7 @@ class Engine:
         audio_samples = 0
         stop = ""
         writer: UnitWriter | None = None
+        pump: AudioPump | None = None
         committed = False
 
         def lap(name: str, t0: float) -> float:
@@ -277,7 +281,19 @@ class Engine:
                 writer = UnitWriter(self.model.speech_generator, self.loaded.tts_vocab, r, w, opts.tts_sampling,
                                     seed=opts.tts_seed, restrict_to_units=opts.restrict_units,
                                     max_drain=opts.max_drain, use_cache=opts.tts_cache, trace=opts.trace)
-            voc = self.vocoder.stream(opts.voice) if (speak and self.vocoder is not None) else None
+            if speak and self.vocoder is not None:
+                threaded = opts.vocoder_thread if opts.vocoder_thread is not None else self.loaded.device.type == "cuda"
+                pump = AudioPump(self.vocoder.stream(opts.voice, incremental=opts.incremental_flow), threaded)
+
+            def audio_events(pieces: list) -> Iterator[AudioChunk]:
+                nonlocal first_audio, audio_samples
+                for wav, seconds in pieces:
+                    timings["vocoder"] = timings.get("vocoder", 0.0) + seconds
+                    if wav.size:
+                        if first_audio is None:
+                            first_audio = time.perf_counter() - t_start
+                        audio_samples += wav.size
+                        yield AudioChunk(wav, self.vocoder.sample_rate)
             detok = _Detokenizer(self.tokenizer)
 
             while True:
@@ -306,15 +322,10 @@ class Engine:
                         if new and first_unit is None:
                             first_unit = time.perf_counter() - t_start
                         yield Units(new, final=finished)
-                        if voc is not None:
-                            t = time.perf_counter()
-                            wav = voc.push(new) if not finished else _cat(voc.push(new), voc.finalize())
-                            t = lap("vocoder", t)
-                            if wav.size:
-                                if first_audio is None:
-                                    first_audio = time.perf_counter() - t_start
-                                audio_samples += wav.size
-                                yield AudioChunk(wav, self.vocoder.sample_rate)
+                        if pump is not None:
+                            pump.submit(new, final=finished)
+                if pump is not None:
+                    yield from audio_events(pump.ready())
                 if finished:
                     stop = "eos" if tok in eos else "max_new_tokens"
                     break
@@ -326,6 +337,8 @@ class Engine:
                 session.cached_keys.append(("t", tok))
                 lap("llm", t)
 
+            if pump is not None and stop != "cancelled":
+                yield from audio_events(pump.drain())
             kept = self._kept_text_ids(turn, text_ids, units, window_text_units, speak)
             text = self.tokenizer.decode([i for i in kept if i not in eos], skip_special_tokens=True).strip()
             session.dropped_turns += len(session.turns) + 1 - len(turns)
@@ -356,6 +369,9 @@ class Engine:
                 yield turn.result
             else:
                 raise
+        finally:
+            if pump is not None:
+                pump.close()
 
     @staticmethod
     def _kept_text_ids(turn: Turn, text_ids: list[int], units: list[int],
@@ -370,6 +386,3 @@ class Engine:
                 keep = n_text
         return text_ids[:keep]
 
-
-def _cat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.concatenate([a, b]) if a.size and b.size else (a if a.size else b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,3 +214,52 @@ def test_sessions_are_independent(engine, question_wav, question2_wav) -> None:
     assert ta.result.trace.text_ids == solo.trace.text_ids and ta.result.units == solo.units
     assert len(a.turns) == 2 and len(b.turns) == 2
     assert a.runner is not b.runner
+
+
+@pytest.fixture(scope="module")
+def speaking(tiny_dir):
+    from omni2.runtime import load_engine
+
+    eng = load_engine(tiny_dir, device="cpu", dtype="float32")
+    assert eng.vocoder is not None
+    eng.vocoder.set_deterministic(True)  # zero HiFT phases so runs compare exactly
+    return eng
+
+
+def audio_of(events) -> np.ndarray:
+    from omni2.events import AudioChunk
+
+    pieces = [e.samples for e in events if isinstance(e, AudioChunk)]
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_audio_streams_with_the_reply(speaking, question_wav, threaded) -> None:
+    events, end = run(speaking, speaking.new_session(), question_wav, vocoder_thread=threaded, max_new_tokens=9)
+    wav = audio_of(events)
+    assert len(wav) == 960 * len(end.units) and np.isfinite(wav).all()
+    assert end.first_audio_latency is not None and end.timings["vocoder"] > 0
+    assert end.audio_seconds == pytest.approx(len(wav) / 24000)
+    if not threaded:  # inline, the order is deterministic: audio starts before the text is over
+        kinds = [type(e).__name__ for e in events]
+        assert kinds.index("AudioChunk") < max(i for i, k in enumerate(kinds) if k == "Units")
+
+
+def test_vocoder_thread_and_incremental_flow_change_nothing(speaking, question_wav) -> None:
+    base = audio_of(run(speaking, speaking.new_session(), question_wav, vocoder_thread=False,
+                        incremental_flow=False, max_new_tokens=9)[0])
+    threaded = audio_of(run(speaking, speaking.new_session(), question_wav, vocoder_thread=True,
+                            incremental_flow=False, max_new_tokens=9)[0])
+    incremental = audio_of(run(speaking, speaking.new_session(), question_wav, vocoder_thread=True,
+                               incremental_flow=True, max_new_tokens=9)[0])
+    np.testing.assert_array_equal(base, threaded)
+    np.testing.assert_allclose(incremental, base, atol=5e-3)
+
+
+def test_cancel_with_vocoder_thread(speaking, question_wav) -> None:
+    session = speaking.new_session()
+    turn = speaking.respond(session, question_wav, opts(vocoder_thread=True, max_new_tokens=30))
+    for event in turn:
+        if isinstance(event, Units):
+            turn.cancel()
+    assert turn.result.cancelled and len(session.turns) == 2
