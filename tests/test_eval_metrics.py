@@ -189,3 +189,57 @@ def test_run_dir_refuses_other_settings(tmp_path):
     archived = list(tmp_path.glob("superseded-*/results.jsonl"))
     assert len(archived) == 1 and not (tmp_path / "results.jsonl").exists()
     assert json.loads((tmp_path / "run.json").read_text())["settings"] == other
+
+
+# --------------------------------------------------------------------------------------------
+# summary and report from records
+
+
+def test_summary_scores_and_not_computed(tmp_path):
+    from omni2.eval.manifests import EvalItem
+    from omni2.eval.report import render_markdown, summarize, write_answers
+
+    ok = {"id": "a", "status": "ok", "answers": ["Paris"], "reply_text": "It is Paris.",
+          "asr_text": "It is Paris!", "units": [3, 1], "n_units": 2, "reply_seconds": 2.0, "rtf": 0.5,
+          "timings": {"total": 1.0, "llm": 0.25}, "first_text_latency": 0.1, "first_audio_latency": 0.4,
+          "wall_seconds": 1.5, "stop_reason": "eos"}
+    wrong = {**ok, "id": "b", "reply_text": "It is Lyon.", "asr_text": "It is lion.", "first_audio_latency": 0.6}
+    failed = {"id": "c", "status": "failed", "error": "the audio is silent", "wall_seconds": 0.1}
+    items = [EvalItem("a", "a.wav", answers=["Paris"]), EvalItem("b", "b.wav", answers=["Paris"]),
+             EvalItem("c", "c.wav"), EvalItem("d", "d.wav")]
+    records = {r["id"]: r for r in (ok, wrong, failed)}
+    s = summarize(items, records, {"settings": {"data": "x"}, "random_weights": False}, None)
+    assert s["items"] == {"selected": 4, "done": 3, "ok": 2, "failed": 1, "pending": 1, "with_answers": 2}
+    assert s["run"]["complete"] is False
+    assert s["accuracy"]["s2t"] == {"value": 0.5, "correct": 1, "scored": 2}
+    assert s["accuracy"]["s2s"]["value"] == 0.5
+    assert s["asr_wer"]["value"] == pytest.approx(1 / 6) and s["asr_wer"]["substitutions"] == 1
+    assert s["latency_ms"]["first_audio"]["p50"] == pytest.approx(500.0)
+    assert s["stages_ms"]["llm"] == pytest.approx(250.0) and s["rtf"]["overall"] == pytest.approx(0.5)
+    assert s["failures"] == [{"id": "c", "error": "the audio is silent"}]
+    md = render_markdown(s, {})
+    assert "Incomplete run" in md and "50.0 % (1/2)" in md and "the audio is silent" in md
+
+    s = summarize(items, records, {"settings": {}}, "ASR disabled (--asr none)")
+    assert s["accuracy"]["s2s"] == s["asr_wer"] == "not computed: ASR disabled (--asr none)"
+    assert "not computed: ASR disabled" in render_markdown(s, {})
+    no_answers = [EvalItem("a", "a.wav")]
+    s = summarize(no_answers, {"a": {**ok, "answers": []}}, {}, None)
+    assert s["accuracy"]["s2t"] == "not computed: the evaluation data has no reference answers"
+
+    assert write_answers(tmp_path / "answers.jsonl", items, records) == 2
+    first = json.loads((tmp_path / "answers.jsonl").read_text().splitlines()[0])
+    assert first == {"question_id": "a", "prediction": "It is Paris.", "prediction_units": "<3><1>"}
+
+
+def test_asr_without_weights_says_why(tmp_path, monkeypatch):
+    import omni2.checkpoint
+    from omni2.eval.asr import ASRRequest, make_asr
+
+    monkeypatch.setattr(omni2.checkpoint, "DEFAULT_CHECKPOINTS", tmp_path / "no_checkpoints")
+    asr, reason = make_asr("whisper", ASRRequest(model_dir=None))
+    assert asr is None and "no Whisper weights file" in reason and "download --only whisper" in reason
+    asr, reason = make_asr("whisper", ASRRequest(weights=tmp_path / "missing.pt"))
+    assert asr is None and "not found" in reason
+    assert make_asr("none", ASRRequest()) == (None, "ASR disabled (--asr none)")
+    assert "unknown ASR backend" in make_asr("nope", ASRRequest())[1]
