@@ -243,3 +243,14 @@ def test_asr_without_weights_says_why(tmp_path, monkeypatch):
     assert asr is None and "not found" in reason
     assert make_asr("none", ASRRequest()) == (None, "ASR disabled (--asr none)")
     assert "unknown ASR backend" in make_asr("nope", ASRRequest())[1]
+
+
+def test_one_run_per_folder(tmp_path):
+    from omni2.eval.runner import _run_lock
+
+    with _run_lock(tmp_path):
+        with pytest.raises(ConfigError, match="another evaluation is running"):
+            with _run_lock(tmp_path):
+                pass
+    with _run_lock(tmp_path):  # released again
+        pass

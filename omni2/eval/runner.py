@@ -43,6 +43,7 @@ RESULTS = "results.jsonl"
 ANSWERS = "answers.jsonl"
 WAVS = "wavs"
 SAMPLE_DIR = "sample"
+LOCK = ".lock"
 RUN_FORMAT = 1
 
 
@@ -155,7 +156,7 @@ def prepare_run_dir(out: Path, settings: dict[str, Any], force: bool) -> dict[st
         archive = out / time.strftime("superseded-%Y%m%d-%H%M%S")
         archive.mkdir()
         for name in os.listdir(out):
-            if name == SAMPLE_DIR or name.startswith("superseded-"):
+            if name in (SAMPLE_DIR, LOCK) or name.startswith("superseded-"):
                 continue
             os.replace(out / name, archive / name)
         log.warning("settings changed (--force): the previous run was moved to %s", archive)
@@ -391,9 +392,34 @@ def load_items(plan: EvalPlan) -> list[EvalItem]:
 
 def run_eval(plan: EvalPlan, engine_factory: Callable[[], Any] | None = None) -> RunOutcome:
     """Run (or resume) the plan and (re)write answers.jsonl, summary.json and report.md."""
+    settings = plan.settings()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    with _run_lock(plan.out):
+        return _run_locked(plan, settings, engine_factory)
+
+
+@contextmanager
+def _run_lock(out: Path) -> Iterator[None]:
+    """One eval per run folder at a time (two would both run the same items); freed even by kill -9."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(out / LOCK, "w") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise ConfigError(f"another evaluation is running in {out}; wait for it or stop it first") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _run_locked(plan: EvalPlan, settings: dict[str, Any], engine_factory: Callable[[], Any] | None) -> RunOutcome:
     from omni2.eval.report import write_outputs
 
-    settings = plan.settings()
     info = prepare_run_dir(plan.out, settings, plan.force)
     items = load_items(plan)
     results = ResultsLog(plan.out / RESULTS)
