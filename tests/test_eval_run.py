@@ -16,7 +16,7 @@ import soundfile as sf
 from omni2.cli import main
 from tests.conftest import REPO_ROOT, speak
 
-QUICK = ["--max-new-tokens", "4", "--device", "cpu", "--no-progress"]
+QUICK = ["--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32", "--no-progress"]
 
 
 def _results(out: Path) -> list[dict]:
@@ -141,7 +141,8 @@ def test_kill_and_resume(tiny_dir, tmp_path):
     """SIGKILL the real CLI mid-run, tear its last line, restart: same lines kept, no duplicates, all done."""
     out = tmp_path / "run"
     cmd = [sys.executable, "launch.py", "eval", "--model", str(tiny_dir), "--data", "sample", "--out", str(out),
-           "--limit", "4", "--asr", "none", "--max-new-tokens", "4", "--device", "cpu", "--no-warmup"]
+           "--limit", "4", "--asr", "none", "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32",
+           "--no-warmup"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     results = out / "results.jsonl"
     with open(tmp_path / "first.log", "wb") as log:
