@@ -123,9 +123,7 @@ def xvector_from_audio(wav: np.ndarray, campplus: str | Path, name: str = "voice
     out = sess.run(None, {sess.get_inputs()[0].name: feat[None].astype(np.float32)})[0]
     vec = np.asarray(out, dtype=np.float32).reshape(-1)
     if vec.shape[0] != XVECTOR_DIM or not np.all(np.isfinite(vec)):
-        raise CheckpointError(
-            f"speaker model {campplus} returned {vec.shape[0]} values, expected {XVECTOR_DIM}"
-        )
+        raise CheckpointError(f"speaker model {campplus} returned {vec.shape[0]} values, expected {XVECTOR_DIM}")
     return vec
 
 

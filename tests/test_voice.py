@@ -57,9 +57,7 @@ def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def _speechy(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
-    wav = 0.3 * np.sin(2 * np.pi * 180 * t) * (
-        1 + 0.5 * np.sin(2 * np.pi * 3 * t)
-    ) + 0.02 * rng.standard_normal(t.size)
+    wav = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(t.size)
     return wav.astype(np.float32)
 
 

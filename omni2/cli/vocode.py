@@ -93,13 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=Path("checkpoints/cosy2_decoder"),
         help="decoder folder with cosyvoice.yaml, flow.pt, hift.pt (default: %(default)s)",
     )
-    p.add_argument(
-        "--units", type=Path, required=True, help="units.txt (one utterance per line) or answers.jsonl"
-    )
+    p.add_argument("--units", type=Path, required=True, help="units.txt (one utterance per line) or answers.jsonl")
     p.add_argument("--out-dir", type=Path, required=True, help="where {i}_pred.wav files go")
-    p.add_argument(
-        "--stream", action="store_true", help="decode in streaming windows (as a live session would)"
-    )
+    p.add_argument("--stream", action="store_true", help="decode in streaming windows (as a live session would)")
     p.add_argument(
         "--hop",
         type=int,
@@ -110,24 +106,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--voice",
         type=Path,
         default=None,
-        help="speaker: a prompt wav (via campplus.onnx) or a .npy/.pt x-vector "
-        "(default: the decoder's default voice)",
+        help="speaker: a prompt wav (via campplus.onnx) or a .npy/.pt x-vector (default: the decoder's default voice)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: %(default)s)")
-    p.add_argument(
-        "--seed", type=int, default=None, help="seed HiFT's random phases/noise (reproducible output)"
-    )
+    p.add_argument("--seed", type=int, default=None, help="seed HiFT's random phases/noise (reproducible output)")
     p.set_defaults(func=run)
 
 
+def official_windows(n: int, hop: int, lookahead: int = 3) -> list[int]:
+    """Units added per call by LLaMA-Omni2's ``--stream`` loop: calls on tokens[:off+hop+3] while
+    ``n - off >= hop + 3`` (off += hop), then one final call on all n; e.g. 110, 50 -> [53, 50, 7]."""
+    windows, off, passed = [], 0, 0
+    while n - off >= hop + lookahead:
+        end = off + hop + lookahead
+        windows.append(end - passed)
+        passed, off = end, off + hop
+    windows.append(n - passed)
+    return windows
+
+
 def vocode_stream(decoder, units: list[int], hop: int) -> np.ndarray:
-    """Stream ``units`` in windows of ``hop``; the last window goes with finalize (official order)."""
+    """Stream ``units`` on the official ``--stream`` schedule; the last window goes with finalize."""
     stream = decoder.stream()
-    pieces = []
-    windows = [units[i : i + hop] for i in range(0, len(units), hop)] or [[]]
+    pieces, pos = [], 0
+    windows = official_windows(len(units), hop, decoder.cfg.flow.pre_lookahead_len)
     for i, w in enumerate(windows):
-        pieces.append(stream.finalize(w) if i == len(windows) - 1 else stream.push(w))
-    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        chunk = units[pos : pos + w]
+        pos += w
+        pieces.append(stream.finalize(chunk) if i == len(windows) - 1 else stream.push(chunk))
+    return np.concatenate(pieces)
 
 
 def run(args: argparse.Namespace) -> int:

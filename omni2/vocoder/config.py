@@ -58,9 +58,7 @@ def _multi_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
 
 def _ref_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Ref:
     if not isinstance(node, yaml.ScalarNode):
-        raise ConfigError(
-            f"!ref must be a plain expression, got {node.id} at line {node.start_mark.line + 1}"
-        )
+        raise ConfigError(f"!ref must be a plain expression, got {node.id} at line {node.start_mark.line + 1}")
     return Ref(str(loader.construct_scalar(node)))
 
 
@@ -305,9 +303,7 @@ def _take(args: dict, where: str, spec: dict[str, Any]) -> dict:
         if key not in args:
             continue
         value = args[key]
-        if isinstance(expect, type) or (
-            isinstance(expect, tuple) and all(isinstance(t, type) for t in expect)
-        ):
+        if isinstance(expect, type) or (isinstance(expect, tuple) and all(isinstance(t, type) for t in expect)):
             if isinstance(value, bool) and expect is not bool and (expect is int or expect is float):
                 raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
             if not isinstance(value, expect):
@@ -323,9 +319,7 @@ _ANY = object
 
 
 def _int_list(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise ConfigError(f"{where}: expected a list of integers, got {value!r}")
     return tuple(value)
 
@@ -374,9 +368,7 @@ def _read_encoder(node: Any) -> EncoderConfig:
         if k in args:
             setattr(cfg, k, args[k])
     if cfg.output_size % cfg.attention_heads:
-        raise ConfigError(
-            f"{where}: output_size {cfg.output_size} not divisible by {cfg.attention_heads} heads"
-        )
+        raise ConfigError(f"{where}: output_size {cfg.output_size} not divisible by {cfg.attention_heads} heads")
     return cfg
 
 
@@ -411,8 +403,7 @@ def _read_estimator(node: Any) -> EstimatorConfig:
         cfg.channels = _int_list(args["channels"], f"{where}.channels")
     if len(cfg.channels) != 1:
         raise ConfigError(
-            f"{where}.channels: only one UNet level is supported (CosyVoice2 uses [256]), "
-            f"got {list(cfg.channels)}"
+            f"{where}.channels: only one UNet level is supported (CosyVoice2 uses [256]), got {list(cfg.channels)}"
         )
     return cfg
 
@@ -588,9 +579,7 @@ def parse_config(text: str) -> DecoderConfig:
     data = load_yaml_data(text)
     for key in ("flow", "hift"):
         if key not in data:
-            raise ConfigError(
-                f"cosyvoice.yaml has no '{key}:' section (is this a CosyVoice2 decoder config?)"
-            )
+            raise ConfigError(f"cosyvoice.yaml has no '{key}:' section (is this a CosyVoice2 decoder config?)")
     flow = _read_flow(data["flow"])
     hift = _read_hift(data["hift"])
     sr = data.get("sample_rate", hift.sampling_rate)

@@ -40,9 +40,7 @@ def rel_pos_table(size: int, d_model: int) -> torch.Tensor:
     if table is None or table.size(1) < 2 * size - 1:
         n = max(size, 5000)
         position = torch.arange(0, n, dtype=torch.float32).unsqueeze(1)
-        div_term = torch.exp(
-            torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model)
-        )
+        div_term = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
         pos = torch.zeros(n, d_model)
         neg = torch.zeros(n, d_model)
         pos[:, 0::2] = torch.sin(position * div_term)
@@ -174,14 +172,12 @@ class UpsampleConformerEncoder(nn.Module):
         self.embed = LinearEmbed(cfg.input_size, d)
         self.pre_lookahead_layer = PreLookahead(d, cfg.pre_lookahead_len)
         self.encoders = nn.ModuleList(
-            ConformerLayer(d, cfg.attention_heads, cfg.linear_units, cfg.key_bias)
-            for _ in range(cfg.num_blocks)
+            ConformerLayer(d, cfg.attention_heads, cfg.linear_units, cfg.key_bias) for _ in range(cfg.num_blocks)
         )
         self.up_layer = CausalUpsample(d, cfg.upsample_stride)
         self.up_embed = LinearEmbed(cfg.input_size, d)
         self.up_encoders = nn.ModuleList(
-            ConformerLayer(d, cfg.attention_heads, cfg.linear_units, cfg.key_bias)
-            for _ in range(cfg.num_up_blocks)
+            ConformerLayer(d, cfg.attention_heads, cfg.linear_units, cfg.key_bias) for _ in range(cfg.num_up_blocks)
         )
         self.after_norm = nn.LayerNorm(d, eps=1e-5)
 

@@ -116,13 +116,9 @@ class CausalBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.block = nn.Sequential(
-            CausalConv1d(cin, cout, 3), _Identity(), _ChannelLayerNorm(cout), _Identity()
-        )
+        self.block = nn.Sequential(CausalConv1d(cin, cout, 3), _Identity(), _ChannelLayerNorm(cout), _Identity())
 
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, ctx: IncrementalContext | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, ctx: IncrementalContext | None = None) -> torch.Tensor:
         y = self.block[0](x * mask, ctx)
         y = F.mish(self.block[2](y))
         return y * mask
@@ -160,9 +156,7 @@ class _Attention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
 
-    def forward(
-        self, x: torch.Tensor, bias: torch.Tensor, ctx: IncrementalContext | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, ctx: IncrementalContext | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.to_q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.to_k(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
@@ -201,9 +195,7 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = _FeedForward(dim)
 
-    def forward(
-        self, x: torch.Tensor, bias: torch.Tensor, ctx: IncrementalContext | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, ctx: IncrementalContext | None = None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x), bias, ctx)
         return x + self.ff(self.norm3(x))
 
@@ -227,9 +219,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torc
 
 
 def _stage(dim: int, cfg: EstimatorConfig) -> nn.ModuleList:
-    return nn.ModuleList(
-        TransformerBlock(dim, cfg.num_heads, cfg.attention_head_dim) for _ in range(cfg.n_blocks)
-    )
+    return nn.ModuleList(TransformerBlock(dim, cfg.num_heads, cfg.attention_head_dim) for _ in range(cfg.n_blocks))
 
 
 class CausalUNetEstimator(nn.Module):
@@ -242,11 +232,7 @@ class CausalUNetEstimator(nn.Module):
         time_dim = ch * 4
         self.time_mlp = _TimeMLP(cfg.in_channels, time_dim)
         self.down_blocks = nn.ModuleList(
-            [
-                nn.ModuleList(
-                    [ResBlock(cfg.in_channels, ch, time_dim), _stage(ch, cfg), CausalConv1d(ch, ch, 3)]
-                )
-            ]
+            [nn.ModuleList([ResBlock(cfg.in_channels, ch, time_dim), _stage(ch, cfg), CausalConv1d(ch, ch, 3)])]
         )
         self.mid_blocks = nn.ModuleList(
             nn.ModuleList([ResBlock(ch, ch, time_dim), _stage(ch, cfg)]) for _ in range(cfg.num_mid_blocks)

@@ -100,9 +100,7 @@ class CausalCFM(nn.Module):
         for step in range(1, n):
             ctx = IncrementalContext(prefixes[step - 1]) if prefixes is not None else None
             if rate > 0:
-                v = self.estimator(
-                    torch.cat([x, x]), mask_in, mu_in, t.expand(2), spks_in, cond_in, chunk, ctx
-                )
+                v = self.estimator(torch.cat([x, x]), mask_in, mu_in, t.expand(2), spks_in, cond_in, chunk, ctx)
                 v_cond, v_uncond = v[:1], v[1:]
                 v = (1.0 + rate) * v_cond - rate * v_uncond
             else:
@@ -127,9 +125,7 @@ class FlowModel(nn.Module):
         self.encoder = UpsampleConformerEncoder(cfg.encoder)
         self.encoder_proj = nn.Linear(cfg.encoder.output_size, cfg.output_size)
         self.decoder = CausalCFM(cfg)
-        self.register_buffer(
-            "noise", make_noise(cfg.output_size, cfg.cfm.noise_frames, noise_seed), persistent=False
-        )
+        self.register_buffer("noise", make_noise(cfg.output_size, cfg.cfm.noise_frames, noise_seed), persistent=False)
         self.noise_seed = noise_seed
 
     def set_noise(self, noise: torch.Tensor) -> None:

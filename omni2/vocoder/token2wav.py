@@ -91,8 +91,7 @@ def as_units(units: Iterable[int] | np.ndarray | torch.Tensor, vocab_size: int) 
     if bad.any():
         i = int(np.argmax(bad))
         raise UnitsError(
-            f"speech unit {int(arr[i])} at position {i} is out of range: "
-            f"this decoder takes 0..{vocab_size - 1}"
+            f"speech unit {int(arr[i])} at position {i} is out of range: this decoder takes 0..{vocab_size - 1}"
         )
     return [int(u) for u in arr]
 
@@ -347,8 +346,7 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
             raise CheckpointError(
-                f"{path}: {key} has shape {tuple(value.shape)}, "
-                f"cosyvoice.yaml implies {tuple(expected[key].shape)}"
+                f"{path}: {key} has shape {tuple(value.shape)}, cosyvoice.yaml implies {tuple(expected[key].shape)}"
             )
     module.load_state_dict(state, strict=True)
 
@@ -396,9 +394,7 @@ def load_decoder(
         found = default_voice(model_dir)
         if found is not None:
             xvector = load_voice(found, model_dir)
-    dec = Decoder(
-        cfg, flow, hift, device=device, xvector=None if xvector is None else torch.as_tensor(xvector)
-    )
+    dec = Decoder(cfg, flow, hift, device=device, xvector=None if xvector is None else torch.as_tensor(xvector))
     log.info(
         "loaded CosyVoice2 decoder from %s (flow %.1fM, HiFT %.1fM params, %s, %s)",
         model_dir,
