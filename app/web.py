@@ -191,7 +191,7 @@ class WebChat:
         with self.lock:
             for m in reversed(self.messages):
                 if m.get("role") == "assistant" and m.get("_reply") == id(reply):
-                    m["content"] = (kept + " " if kept else "") + f"*({note})*"
+                    m["content"] = (kept + " " if kept else "") + f"*({note})*" + m.get("_latency", "")
                     break
 
     # -- replies --------------------------------------------------------------------------------
@@ -253,6 +253,10 @@ class WebChat:
             elif result is not None:
                 answer["content"] = result.text or reply.text or "*(no text)*"
         status = self._status(reply, result, t0, error)
+        if not error and reply is not None and reply.first_audio is not None:
+            with self.lock:  # per-turn latency stays visible next to its reply
+                answer["_latency"] = f"\n\n<sub>⏱ first audio {reply.first_audio - t0:.2f} s</sub>"
+                answer["content"] += answer["_latency"]
         end = None if (reply is not None and reply.interrupted) else self.message("end")
         yield self.chat_view(), end, status
 
@@ -359,7 +363,7 @@ def build_app(engine: Engine, *, decoder_dir: str | Path | None = None, voices: 
             turn = chat.pending.popleft()
             if chat.pending:
                 continue  # the user already spoke again: answer the latest turn
-            label = f"🎤 *spoken, {len(turn.samples) / VAD_RATE:.1f} s*"
+            label = f"*spoken question · {len(turn.samples) / VAD_RATE:.1f} s*"
             if turn.truncated:
                 label += " *(cut at 30 s)*"
             yield from reply_stream(chat, turn.samples, label,
@@ -444,6 +448,7 @@ def build_app(engine: Engine, *, decoder_dir: str | Path | None = None, voices: 
         send.click(on_send, inputs=[state, upload, *settings], outputs=outputs, concurrency_limit=concurrency,
                    concurrency_id="model", show_progress="hidden", api_name="send")
         clear.click(on_clear, inputs=[state], outputs=outputs, queue=False, api_name="clear")
+        chatbot.clear(on_clear, inputs=[state], outputs=outputs, queue=False, api_name=False)
         player.change(None, inputs=[player], outputs=None, js="(m) => { window.omni2Player.handle(m); }")
     demo.queue(default_concurrency_limit=concurrency)
     return demo
