@@ -141,9 +141,10 @@ def test_kill_and_resume(tiny_dir, tmp_path):
     """SIGKILL the real CLI mid-run, tear its last line, restart: same lines kept, no duplicates, all done."""
     out = tmp_path / "run"
     cmd = [sys.executable, "launch.py", "eval", "--model", str(tiny_dir), "--data", "sample", "--out", str(out),
-           "--limit", "4", "--asr", "none", "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32",
+           "--limit", "6", "--asr", "none", "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32",
            "--no-warmup"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # One thread: on a small shared CI machine two OpenMP threads per process slow the vocoder 5-20x.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     results = out / "results.jsonl"
     with open(tmp_path / "first.log", "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -161,11 +162,11 @@ def test_kill_and_resume(tiny_dir, tmp_path):
     assert running, "the run finished before it could be killed:\n" + (tmp_path / "first.log").read_text()
     before = results.read_bytes()
     done_before = [json.loads(line)["id"] for line in before.decode().splitlines() if line.endswith("}")]
-    assert 1 <= len(done_before) < 4
+    assert 1 <= len(done_before) < 6
     complete = before[: before.rfind(b"\n") + 1]
     # A kill in the middle of a write leaves a torn last line: simulate one for certain.
     with open(results, "ab") as f:
-        f.write(b'{"id": "q04", "status": "o')
+        f.write(b'{"id": "q06", "status": "o')
 
     second = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -173,7 +174,7 @@ def test_kill_and_resume(tiny_dir, tmp_path):
     after = results.read_bytes()
     assert after.startswith(complete)  # nothing finished before the kill was lost or rewritten
     ids = [json.loads(line)["id"] for line in after.decode().splitlines()]
-    assert len(ids) == len(set(ids)) == 4 and ids == [f"q{i:02d}" for i in range(1, 5)]
-    assert len((out / "answers.jsonl").read_text().splitlines()) == 4
+    assert len(ids) == len(set(ids)) == 6 and ids == [f"q{i:02d}" for i in range(1, 7)]
+    assert len((out / "answers.jsonl").read_text().splitlines()) == 6
     assert json.loads((out / "summary.json").read_text())["run"]["complete"] is True
     assert "eval: 100%" in second.stderr  # the progress bar ran
