@@ -348,3 +348,23 @@ def test_incremental_flow_equals_full_recompute(decoder, window: int, n: int) ->
     assert s_inc.flow_state is not None and s_inc.flow_state.frozen >= 200  # really skipped chunks
     torch.testing.assert_close(mel_inc, mel_full, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(wav_inc, wav_full, atol=2e-3)
+
+
+def test_incremental_stream_falls_back_to_full_recompute_past_its_memory_cap(tmp_path) -> None:
+    from omni2.vocoder.tiny import write_tiny_decoder
+    from omni2.vocoder.token2wav import load_decoder
+
+    dec = load_decoder(write_tiny_decoder(tmp_path / "dec", vocab_size=64))
+    dec.set_deterministic(True)
+    units = [(7 * i) % 64 for i in range(120)]
+    ref = dec.stream(incremental=False)
+    ref_wav = np.concatenate([ref.push(units[i:i + 20]) for i in range(0, 120, 20)] + [ref.finalize()])
+    dec.max_flow_cache_bytes = 1  # first frozen chunk already exceeds it
+    s = dec.stream(incremental=True)
+    pieces = []
+    for i in range(0, 120, 20):
+        pieces.append(s.push(units[i:i + 20]))
+        if i == 80:
+            assert s.flow_state is None  # switched to full recompute
+    wav = np.concatenate([*pieces, s.finalize()])
+    np.testing.assert_allclose(wav, ref_wav, atol=5e-3)

@@ -138,6 +138,9 @@ class Decoder:
         self.mel_cache_frames = MEL_CACHE_FRAMES
         self.source_cache_len = MEL_CACHE_FRAMES * hift.upsample_factor
         self.window = hamming(2 * self.source_cache_len)
+        # Incremental streams fall back to full recompute once their frozen-flow state exceeds this
+        # (~4.6 MB per mel frame at CosyVoice2 size in fp32: 4 GiB ≈ 18 s of speech per reply).
+        self.max_flow_cache_bytes = 4 << 30
         # HiFT randomness: official = random phases/noise per call; goldens switch it off.
         self.hift_noise = SourceNoise()
 
@@ -289,6 +292,10 @@ class DecoderStream:
         if self.flow_state is not None:
             out_flow = dec.flow.inference_incremental(tokens, self.xvector, finalize, self.flow_state)
             mel = out_flow.mel[:, :, first - out_flow.start :]
+            if self.flow_state.nbytes() > dec.max_flow_cache_bytes:
+                log.info("frozen flow state reached %.1f GiB: recomputing the flow prefix from now on",
+                         self.flow_state.nbytes() / 2**30)
+                self.flow_state = None
         else:
             mel = dec.flow.inference(tokens, self.xvector, finalize=finalize).mel[:, :, first:]
         if self.record:
