@@ -122,7 +122,7 @@ def test_spoken_question_streams_reply_and_barge_in_stops_it(playwright, server,
         s = wait_until(page, lambda s, p: s["ends"] >= 1 or s["stops"] >= 1, 60, "the first turn to end")
         turn_end = min(t for t in (s["lastEndAt"], s["lastStopAt"]) if t is not None)
         assert first_play < turn_end, f"audio started at {first_play}, turn ended at {turn_end}"
-        assert first_play - t_click < 20_000
+        assert first_play - t_click < 45_000
 
         # the looping microphone asks again during playback: barge-in silences the reply
         s = wait_until(page, lambda s, p: s["stops"] >= 1, 60, "barge-in")
@@ -159,7 +159,7 @@ def test_denied_microphone_shows_a_message_and_upload_still_works(playwright, se
         page.goto(server)
         settle(page)
         page.locator("#omni2-mic button", has_text="Record").first.click()
-        page.get_by_text("allow access to the microphone", exact=False).first.wait_for(timeout=20_000)
+        page.get_by_text("allow access to the microphone", exact=False).first.wait_for(timeout=40_000)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "browser-mic-denied.png"))
 
