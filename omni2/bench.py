@@ -510,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     c5, c40 = _chunk_cost(ours, 5), _chunk_cost(ours, 40)
     if c5 and c40:
         print(f"\nours: chunk 40 / chunk 5 cost = {c40 / c5:.2f} (wall time between consecutive chunks)")
-    t300 = (ours.stages.get("time to 300 units of audio"), base.stages.get("time to 300 units of audio") if base else None)
+    key = "time to 300 units of audio"
+    t300 = (ours.stages.get(key), base.stages.get(key) if base else None)
     if all(t300):
         print(f"time to 300 units of audio: ours/official = {t300[0] / t300[1]:.2f}")
     fa = (ours.first_audio, base.first_audio if base else None)
