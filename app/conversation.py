@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from omni2.engine import Engine, ReplyOptions, Turn
 from omni2.events import AudioChunk, Event, TextDelta, TurnEnd, Units
-from omni2.session import AssistantTurn, Session
+from omni2.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class Reply:
     result: TurnEnd | None = None
     interrupted: bool = False
     heard_text: str | None = None  # set by interrupt()
+    heard_units: int | None = None  # set by interrupt()
     started: float = field(default_factory=time.monotonic)
     first_audio: float | None = None  # monotonic time the first chunk was handed to the player
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -113,6 +114,7 @@ class Reply:
                 return self.heard_text or ""
             self.interrupted = True
             heard_units = max(0, min(heard_units, self.units))
+            self.heard_units = heard_units
             kept = ""
             for text, n in self.windows:
                 if 0 < n <= heard_units:
@@ -128,13 +130,9 @@ class Reply:
             return self.heard_text
 
     def _truncate_history(self, text: str) -> None:
-        """Replace the last assistant turn (this reply) with what was heard."""
-        with self.session.lock:
-            turns = self.session.turns
-            if turns and isinstance(turns[-1], AssistantTurn) and self.result is not None \
-                    and turns[-1].text == self.result.text:
-                turns[-1] = AssistantTurn(text)
-                # cached LLM keys of the old text no longer match; the engine re-prefills that part
+        """Replace the last assistant turn (this reply) with what was heard (the engine's rule)."""
+        if self.result is not None and self.heard_units is not None:
+            self.heard_text = self.turn.engine.keep_heard(self.session, self.result, self.heard_units)
 
 
 class Conversation:

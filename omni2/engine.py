@@ -353,7 +353,7 @@ class Engine:
                 first_unit_latency=first_unit, first_audio_latency=first_audio,
                 cancelled=stop == "cancelled", stop_reason=stop,
                 audio_seconds=audio_samples / (self.vocoder.sample_rate if self.vocoder else 24_000),
-                trace=trace,
+                text_ids=list(text_ids), windows=list(window_text_units), trace=trace,
             )
             yield turn.result
         except (Omni2Error, RuntimeError, ValueError) as exc:
@@ -380,9 +380,26 @@ class Engine:
         if not turn.cancelled or not speak:
             return text_ids
         delivered = len(units) if turn.delivered_units is None else turn.delivered_units
-        keep = 0
-        for n_text, n_units in windows:
-            if n_units <= delivered and n_units > 0:
-                keep = n_text
-        return text_ids[:keep]
+        return heard_text_ids(text_ids, windows, delivered)
+
+    def keep_heard(self, session: Session, result: TurnEnd, heard_units: int) -> str:
+        """Barge-in after a turn has ended (playback outlasts generation): shorten the session's last
+        assistant turn to the text whose speech was heard, by the same rule as a cancel. Returns it."""
+        eos = set(self.loaded.generation.eos_ids)
+        kept = heard_text_ids(result.text_ids, result.windows, heard_units)
+        text = self.tokenizer.decode([i for i in kept if i not in eos], skip_special_tokens=True).strip()
+        with session.lock:
+            last = session.turns[-1] if session.turns else None
+            if isinstance(last, AssistantTurn) and last.text == result.text:
+                session.turns[-1] = AssistantTurn(text)  # the LLM cache re-prefills from the change on
+        return text
+
+
+def heard_text_ids(text_ids: list[int], windows: list[tuple[int, int]], heard_units: int) -> list[int]:
+    """Text tokens up to the last TTS window whose units were all heard (nothing before the first)."""
+    keep = 0
+    for n_text, n_units in windows:
+        if 0 < n_units <= heard_units:
+            keep = n_text
+    return text_ids[:keep]
 

@@ -53,6 +53,8 @@ class TurnEnd:
     error: str | None = None
     stop_reason: str = ""  # "eos", "max_new_tokens", "cancelled", "error"
     audio_seconds: float = 0.0
+    text_ids: list[int] = field(default_factory=list)  # every generated token (eos included)
+    windows: list[tuple[int, int]] = field(default_factory=list)  # per TTS window: (text tokens read, units so far)
     trace: Any = None  # ReplyTrace when asked for (tests, goldens)
 
 

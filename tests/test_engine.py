@@ -263,3 +263,13 @@ def test_cancel_with_vocoder_thread(speaking, question_wav) -> None:
         if isinstance(event, Units):
             turn.cancel()
     assert turn.result.cancelled and len(session.turns) == 2
+
+
+def test_keep_heard_after_the_turn_ended(engine, tiny, question_wav) -> None:
+    session = engine.new_session()
+    _, end = run(engine, session, question_wav, max_new_tokens=12)
+    assert end.windows[0] == (3, 10) and end.text_ids == end.trace.text_ids
+    kept = engine.keep_heard(session, end, heard_units=25)  # windows 1 and 2 (10, 20 units) were heard
+    expected = tiny.tokenizer.decode(end.text_ids[: end.windows[1][0]], skip_special_tokens=True).strip()
+    assert kept == expected and session.history_text == [expected]
+    assert engine.keep_heard(session, end, heard_units=0) == expected  # already shortened: left alone
