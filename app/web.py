@@ -255,7 +255,7 @@ class WebChat:
         status = self._status(reply, result, t0, error)
         if not error and reply is not None and reply.first_audio is not None:
             with self.lock:  # per-turn latency stays visible next to its reply
-                answer["_latency"] = f"\n\n<sub>⏱ first audio {reply.first_audio - t0:.2f} s</sub>"
+                answer["_latency"] = f"\n\n<sub>first audio {reply.first_audio - t0:.2f} s</sub>"
                 answer["content"] += answer["_latency"]
         end = None if (reply is not None and reply.interrupted) else self.message("end")
         yield self.chat_view(), end, status
