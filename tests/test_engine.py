@@ -272,4 +272,5 @@ def test_keep_heard_after_the_turn_ended(engine, tiny, question_wav) -> None:
     kept = engine.keep_heard(session, end, heard_units=25)  # windows 1 and 2 (10, 20 units) were heard
     expected = tiny.tokenizer.decode(end.text_ids[: end.windows[1][0]], skip_special_tokens=True).strip()
     assert kept == expected and session.history_text == [expected]
-    assert engine.keep_heard(session, end, heard_units=0) == expected  # already shortened: left alone
+    engine.keep_heard(session, end, heard_units=0)  # the turn was already shortened: left alone
+    assert session.history_text == [expected]
