@@ -36,6 +36,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="compute dtype (auto: bfloat16 on GPUs and on CPUs with native bf16, else float32)")
 
 
+def add_audio_args(p: argparse.ArgumentParser) -> None:
+    """Decoder and voice options (every sub-command that speaks)."""
+    g = p.add_argument_group("speech output")
+    g.add_argument("--decoder", type=Path, default=None,
+                   help="CosyVoice2 decoder folder (default: checkpoints/cosy2_decoder)")
+    g.add_argument("--voice", type=Path, default=None,
+                   help="speaker: a wav (through CAM++) or an x-vector .npy/.pt (default: the decoder's)")
+
+
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=256, help="reply length cap in tokens (default 256)")
@@ -82,8 +91,7 @@ def register(sub) -> None:
                    help="write answers.jsonl in the official format (question_id, prediction, prediction_units)")
     p.add_argument("--out-dir", type=Path,
                    help="write each spoken reply as <question>_reply.wav (24 kHz) here (needs the cosy2 decoder)")
-    p.add_argument("--decoder", type=Path, help="CosyVoice2 decoder folder (default: checkpoints/cosy2_decoder)")
-    p.add_argument("--voice", type=Path, help="speaker voice: a wav (via CAM++) or an x-vector .npy/.pt")
+    add_audio_args(p)
     add_generation_args(p)
     p.set_defaults(func=run)
 

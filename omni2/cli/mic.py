@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from omni2.cli.chat import add_generation_args, add_model_args, reply_options
-from omni2.cli.web import add_audio_args
+from omni2.cli.chat import add_audio_args, add_generation_args, add_model_args, reply_options
 
 
 def _device(value: str):

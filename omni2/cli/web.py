@@ -8,9 +8,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from omni2.cli.chat import add_model_args
+from omni2.cli.chat import add_audio_args, add_model_args
 from omni2.errors import ConfigError
 
 
@@ -19,14 +18,6 @@ def _auth(value: str) -> tuple[str, str]:
     if not sep or not user or not password:
         raise argparse.ArgumentTypeError("expected USER:PASSWORD")
     return user, password
-
-
-def add_audio_args(p: argparse.ArgumentParser) -> None:
-    """Decoder and voice options (shared with ``mic``)."""
-    g = p.add_argument_group("speech output")
-    g.add_argument("--decoder", default=None, help="CosyVoice2 decoder folder (default: checkpoints/cosy2_decoder)")
-    g.add_argument("--voice", type=Path, default=None,
-                   help="speaker: a wav (through CAM++) or an x-vector .npy/.pt (default: the decoder's)")
 
 
 def register(sub) -> None:
