@@ -27,6 +27,7 @@ class AudioPump:
         self._pending = 0
         self._inbox: queue.Queue[tuple[list[int], bool] | None] | None = None
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         if threaded:
             self._inbox = queue.Queue()
             self._thread = threading.Thread(target=self._work, name="omni2-vocoder", daemon=True)
@@ -46,7 +47,7 @@ class AudioPump:
         assert inbox is not None
         while True:
             item = inbox.get()
-            if item is None:
+            if item is None or self._stop.is_set():
                 return
             try:
                 self._done.put(self._vocode(*item))
@@ -87,7 +88,15 @@ class AudioPump:
         return out
 
     def close(self) -> None:
-        """Stop the worker; unfinished work is dropped (cancel, error)."""
-        if self._inbox is not None:
-            self._inbox.put(None)
-            self._inbox = None
+        """Stop the worker: queued work is dropped (cancel, error), the call in flight is waited for.
+
+        Waiting matters: a worker left inside a torch op while the interpreter exits aborts the
+        process. One vocoder call is at most a window's worth of work.
+        """
+        if self._thread is None:
+            return
+        self._stop.set()
+        assert self._inbox is not None
+        self._inbox.put(None)
+        self._thread.join(timeout=120)
+        self._thread, self._inbox = None, None

@@ -346,6 +346,7 @@ def test_incremental_flow_equals_full_recompute(decoder, window: int, n: int) ->
         outs.append((np.concatenate(pieces), torch.cat([c.mel for c in s.calls], dim=2), s))
     (wav_full, mel_full, _), (wav_inc, mel_inc, s_inc) = outs
     assert s_inc.flow_state is not None and s_inc.flow_state.frozen >= 200  # really skipped chunks
+    assert s_inc.flow_state.encoder.frozen * 2 == s_inc.flow_state.frozen  # the encoder skipped them too
     torch.testing.assert_close(mel_inc, mel_full, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(wav_inc, wav_full, atol=2e-3)
 
@@ -368,3 +369,21 @@ def test_incremental_stream_falls_back_to_full_recompute_past_its_memory_cap(tmp
             assert s.flow_state is None  # switched to full recompute
     wav = np.concatenate([*pieces, s.finalize()])
     np.testing.assert_allclose(wav, ref_wav, atol=5e-3)
+
+
+def test_incremental_encoder_equals_full_encoder(decoder) -> None:
+    """Flow encoder with kept keys/values: every call's new frames equal a full re-run's."""
+    from omni2.vocoder.conformer import EncoderState
+
+    flow = decoder.flow
+    enc, chunk = flow.encoder, flow.cfg.encoder_chunk
+    tokens = torch.tensor([_units(170, seed=3)])
+    state = EncoderState()
+    with torch.inference_mode():
+        for n in (7, 30, 53, 60, 104, 120, 153, 170):
+            emb = flow.input_embedding(tokens[:, :n])
+            start = 2 * state.frozen
+            part = enc.forward_incremental(emb, chunk, state)
+            full = enc(emb, chunk)
+            torch.testing.assert_close(part, full[:, start:], atol=1e-5, rtol=1e-5)
+    assert state.frozen == 150

@@ -10,6 +10,7 @@ the pre-lookahead convolution. Parameter names follow the official state dict.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +109,39 @@ class RelPositionAttention(nn.Module):
         return self.linear_out(out)
 
 
+    def forward_cached(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, start: int, chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows ``start..start+t`` of :meth:`forward` given the keys/values of rows ``0..start``.
+
+        The relative term for (i, j) is looked up by offset i - j in the projected position table
+        (what ``rel_shift`` does for a full square). Returns (output, new keys, new values).
+        """
+        b, t, _ = x.shape
+        n = start + t
+        q = self.linear_q(x).view(b, t, self.h, self.d_k)
+        k_new = self.linear_k(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+        v_new = self.linear_v(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+        k = k_new if past is None else torch.cat([past[0], k_new], dim=2)
+        v = v_new if past is None else torch.cat([past[1], v_new], dim=2)
+        table = rel_pos_table(n, x.size(2)).to(device=x.device, dtype=x.dtype)[:, : 2 * n - 1 - start]
+        p = self.linear_pos(table).view(1, -1, self.h, self.d_k).transpose(1, 2)
+        ac = torch.matmul((q + self.pos_bias_u).transpose(1, 2), k.transpose(-2, -1))
+        bd = torch.matmul((q + self.pos_bias_v).transpose(1, 2), p.transpose(-2, -1))
+        rows = torch.arange(t, device=x.device)
+        cols = torch.arange(n, device=x.device)
+        # table index of offset (start + r) - c is (n - 1) - (start + r - c)
+        idx = (n - 1 - start - rows)[:, None] + cols[None, :]
+        bd = bd.gather(-1, idx.expand(b, self.h, t, n))
+        scores = (ac + bd) / math.sqrt(self.d_k)
+        limit = (start + rows) // chunk * chunk + chunk if chunk > 0 else torch.full_like(rows, n)
+        blocked = (cols[None, :] >= limit.clamp(max=n)[:, None])[None, None]
+        scores = scores.masked_fill(blocked, -float("inf"))
+        attn = torch.softmax(scores, dim=-1).masked_fill(blocked, 0.0)
+        out = torch.matmul(attn, v).transpose(1, 2).reshape(b, t, self.h * self.d_k)
+        return self.linear_out(out), k_new, v_new
+
+
 class FeedForward(nn.Module):
     def __init__(self, idim: int, hidden: int) -> None:
         super().__init__()
@@ -131,6 +165,11 @@ class ConformerLayer(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.norm_mha(x), mask, pos)
         return x + self.feed_forward(self.norm_ff(x))
+
+    def forward_cached(self, x: torch.Tensor, past, start: int, chunk: int):
+        att, k, v = self.self_attn.forward_cached(self.norm_mha(x), past, start, chunk)
+        x = x + att
+        return x + self.feed_forward(self.norm_ff(x)), k, v
 
 
 class PreLookahead(nn.Module):
@@ -160,6 +199,26 @@ class CausalUpsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.interpolate(x, scale_factor=float(self.stride), mode="nearest")
         return self.conv(F.pad(y, (self.stride * 2, 0)))
+
+
+@dataclass
+class EncoderState:
+    """Frozen prefix of the encoder: tokens [0, frozen) (frames [0, stride*frozen)) are final.
+
+    A token is final once its chunk is complete and its 3 lookahead tokens exist; its keys/values
+    in every layer, and the few conv inputs the next frames need, are kept here.
+    """
+
+    frozen: int = 0
+    lower: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per layer (K, V)
+    upper: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    lookahead_tail: torch.Tensor | None = None  # conv1 outputs of the last 2 frozen tokens [B, D, 2]
+    lower_tail: torch.Tensor | None = None  # lower-stack outputs of the last 2 frozen tokens [B, 2, D]
+
+    def nbytes(self) -> int:
+        ts = [t for kv in (*self.lower, *self.upper) for t in kv]
+        ts += [t for t in (self.lookahead_tail, self.lower_tail) if t is not None]
+        return sum(t.numel() * t.element_size() for t in ts)
 
 
 class UpsampleConformerEncoder(nn.Module):
@@ -194,3 +253,49 @@ class UpsampleConformerEncoder(nn.Module):
         for layer in self.up_encoders:
             x = layer(x, mask, pos)
         return self.after_norm(x)
+
+    def forward_incremental(self, x: torch.Tensor, chunk: int, state: EncoderState, freeze: bool = True
+                            ) -> torch.Tensor:
+        """Frames [stride*state.frozen, stride*N) of :meth:`forward` for all N embedded tokens ``x``.
+
+        Only tokens from ``state.frozen`` on are computed; afterwards (``freeze``) the state freezes
+        every token whose chunk is complete and whose lookahead tokens exist (the estimator's rule).
+        """
+        if chunk <= 0:
+            raise ValueError("incremental encoding needs a static chunk size")
+        f, n = state.frozen, x.size(1)
+        stride, look = self.cfg.upsample_stride, self.cfg.pre_lookahead_len
+        h, _ = self.embed(x[:, f:])
+        pre = self.pre_lookahead_layer
+        y1 = F.leaky_relu(pre.conv1(F.pad(h.transpose(1, 2), (0, look))))
+        left = state.lookahead_tail if f else y1.new_zeros(y1.size(0), y1.size(1), 2)
+        h = pre.conv2(torch.cat([left, y1], dim=2)).transpose(1, 2) + h
+        new_lower = []
+        for i, layer in enumerate(self.encoders):
+            h, k, v = layer.forward_cached(h, state.lower[i] if f else None, f, chunk)
+            new_lower.append((k, v))
+        low = h
+        up_in = torch.cat([state.lower_tail, low], dim=1) if f else low
+        y = F.interpolate(up_in.transpose(1, 2), scale_factor=float(stride), mode="nearest")
+        y = self.up_layer.conv(y if f else F.pad(y, (stride * 2, 0))).transpose(1, 2)
+        h, _ = self.up_embed(y)
+        new_upper = []
+        for i, layer in enumerate(self.up_encoders):
+            h, k, v = layer.forward_cached(h, state.upper[i] if f else None, stride * f, stride * chunk)
+            new_upper.append((k, v))
+        out = self.after_norm(h)
+
+        freeze = max(f, (n - look) // chunk * chunk) if freeze else f
+        if freeze > f:
+            d, ds = freeze - f, stride * (freeze - f)
+
+            def join(past, new, m):
+                return (new[0][:, :, :m], new[1][:, :, :m]) if past is None else (
+                    torch.cat([past[0], new[0][:, :, :m]], dim=2), torch.cat([past[1], new[1][:, :, :m]], dim=2))
+
+            state.lower = [join(state.lower[i] if f else None, kv, d) for i, kv in enumerate(new_lower)]
+            state.upper = [join(state.upper[i] if f else None, kv, ds) for i, kv in enumerate(new_upper)]
+            state.lookahead_tail = y1[:, :, d - 2 : d].contiguous()
+            state.lower_tail = low[:, d - 2 : d].contiguous()
+            state.frozen = freeze
+        return out

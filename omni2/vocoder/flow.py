@@ -12,14 +12,14 @@ the x-vector. Parameter names follow the official ``flow.pt``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from omni2.vocoder.config import FlowConfig
-from omni2.vocoder.conformer import UpsampleConformerEncoder
+from omni2.vocoder.conformer import EncoderState, UpsampleConformerEncoder
 from omni2.vocoder.estimator import CausalUNetEstimator, FrozenPrefix, IncrementalContext
 
 DEFAULT_NOISE_SEED = 0
@@ -39,7 +39,7 @@ def make_noise(n_mels: int, frames: int, seed: int = DEFAULT_NOISE_SEED) -> torc
 @dataclass
 class FlowOutput:
     mel: torch.Tensor  # [1, n_mels, T - start] float32
-    mu: torch.Tensor  # [1, n_mels, T] encoder_proj output (transposed)
+    mu: torch.Tensor  # [1, n_mels, T - start] encoder_proj output (transposed)
     start: int = 0  # first frame ``mel`` covers (incremental mode; 0 = all frames)
 
 
@@ -49,9 +49,10 @@ class FlowState:
 
     frozen: int = 0
     prefixes: list[FrozenPrefix] | None = None
+    encoder: EncoderState = field(default_factory=EncoderState)
 
     def nbytes(self) -> int:
-        return sum(p.nbytes() for p in self.prefixes or [])
+        return sum(p.nbytes() for p in self.prefixes or []) + self.encoder.nbytes()
 
 
 class CausalCFM(nn.Module):
@@ -186,17 +187,24 @@ class FlowModel(nn.Module):
         Frames of an estimator chunk are final once the chunk is complete and its tokens' encoder
         chunk has its 3 lookahead tokens (M - 3 >= its end): chunk masks, causal convs and the
         position-indexed noise make them independent of anything later. Their keys/values and conv
-        contexts are kept (``state``), so a call costs O(current chunk) instead of O(prefix). The
-        encoder (a few % of the flow's work) is still re-run over all tokens. Returned ``mel``
-        covers frames ``start`` (= ``state.frozen`` before the call) .. T.
+        contexts are kept (``state``), and the encoder likewise keeps the keys/values of its finished
+        chunks (``state.encoder``), so a call costs O(current chunk) plus attention over the kept
+        context instead of O(prefix). Returned ``mel`` and ``mu`` cover frames ``start`` (=
+        ``state.frozen`` before the call) .. T.
         """
         if not self.can_freeze():
             raise RuntimeError("incremental flow needs estimator_chunk == token_mel_ratio * encoder_chunk")
         dtype = self.input_embedding.weight.dtype
         spk = self.speaker(xvector.to(device=tokens.device, dtype=dtype))
-        mu = self.encode(tokens, finalize)
-        frames = mu.size(2)
         start = state.frozen
+        if start != self.cfg.token_mel_ratio * state.encoder.frozen:
+            raise RuntimeError("incremental flow: encoder and estimator states are out of step")
+        emb = self.input_embedding(torch.clamp(tokens, min=0))
+        h = self.encoder.forward_incremental(emb, self.cfg.encoder_chunk, state.encoder, freeze=not finalize)
+        if not finalize:
+            h = h[:, : h.size(1) - self.cfg.pre_lookahead_len * self.cfg.token_mel_ratio]
+        mu_new = self.encoder_proj(h).transpose(1, 2).contiguous()
+        frames = start + mu_new.size(2)
         if frames <= start:
             raise RuntimeError(f"incremental flow: {frames} frames but {start} already frozen")
         freeze_to = start
@@ -204,15 +212,14 @@ class FlowModel(nn.Module):
             c1, c2 = self.cfg.encoder_chunk, self.cfg.estimator_chunk
             final_tokens = max(tokens.size(1) - self.cfg.pre_lookahead_len, 0)
             freeze_to = max(start, min((final_tokens // c1) * c2, (frames // c2) * c2))
-        z = self.noise_for(frames)[:, :, start:].to(device=mu.device, dtype=mu.dtype)
-        mu_new = mu[:, :, start:]
+        z = self.noise_for(frames)[:, :, start:].to(device=mu_new.device, dtype=mu_new.dtype)
         prefixes = state.prefixes or [FrozenPrefix() for _ in range(self.cfg.cfm.n_timesteps)]
         mel, new_prefixes = self.decoder(
             mu_new, spk, z, torch.zeros_like(mu_new), prefixes=prefixes, freeze=freeze_to - start
         )
         state.prefixes = new_prefixes
         state.frozen = freeze_to
-        return FlowOutput(mel=mel, mu=mu.float(), start=start)
+        return FlowOutput(mel=mel, mu=mu_new.float(), start=start)
 
     def num_frames(self, n_tokens: int, finalize: bool) -> int:
         """Mel frames one call yields for ``n_tokens`` (official arithmetic, never negative)."""
