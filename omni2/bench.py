@@ -469,11 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     history: list[tuple[np.ndarray, str]] = []
     warm = Clock()
     clocks["current"] = warm
-    for _ in range(args.turns - 1):
+    for i in range(args.turns - 1):
+        _progress(f"earlier turn {i + 1}/{args.turns - 1} (fills the session's caches)")
         run_ours(engine, session, audio, args.history_tokens, warm, seed=0)
         history.append((audio, session.turns[-1].text))
     clock = Clock()
     clocks["current"] = clock
+    _progress(f"measuring ours: turn {args.turns}, {args.text_tokens} text tokens")
     stats, t0 = run_ours(engine, session, audio, args.text_tokens, clock, seed=1)
     fill_path_stages(stats, clock, t0)
     results["ours"] = stats
@@ -482,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline == "official":
         clock = Clock()
         clocks["current"] = clock
+        _progress("measuring the official compute pattern (the slow side)")
         stats, t0 = run_official(engine, history, audio, args.text_tokens, clock, seed=1)
         fill_path_stages(stats, clock, t0)
         results["official"] = stats
@@ -525,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
             "runs": {k: {**asdict(v), "rtf": v.rtf} for k, v in results.items()},
         }, indent=2))
     return 0
+
+
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message} …", file=sys.stderr, flush=True)
 
 
 def _chunk_cost(stats: RunStats, k: int) -> float | None:
