@@ -211,18 +211,26 @@ def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) / max(fan_in, 1) ** 0.5)
 
 
+def _random_flow_hift(cfg: DecoderConfig, gen: torch.Generator) -> tuple[FlowModel, HiFTGenerator]:
+    """Flow + HiFT with random weights; HiFT kept in a speech-like F0 range and quiet."""
+    flow, hift = FlowModel(cfg.flow), HiFTGenerator(cfg.hift)
+    _randomize(flow, gen)
+    _randomize(hift, gen)
+    with torch.no_grad():
+        # F0 in a speech-like range so the sine source is voiced for most frames ...
+        hift.f0_predictor.classifier.bias.fill_(150.0)
+        # ... and small iSTFT magnitudes (exp(-1.5)), so the audio is quiet noise, not clipping.
+        hift.conv_post.weight.mul_(0.05)
+        hift.conv_post.bias[: cfg.hift.n_fft // 2 + 1].fill_(-1.5)
+    return flow, hift
+
+
 def build_random_decoder(
     cfg: DecoderConfig, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> Decoder:
     """An in-memory decoder with random weights for any config (e.g. real-size speed tests)."""
     gen = torch.Generator().manual_seed(seed)
-    flow, hift = FlowModel(cfg.flow), HiFTGenerator(cfg.hift)
-    _randomize(flow, gen)
-    _randomize(hift, gen)
-    with torch.no_grad():
-        hift.f0_predictor.classifier.bias.fill_(150.0)
-        hift.conv_post.weight.mul_(0.05)
-        hift.conv_post.bias[: cfg.hift.n_fft // 2 + 1].fill_(-1.5)
+    flow, hift = _random_flow_hift(cfg, gen)
     flow.to(device=device, dtype=dtype)
     flow.noise = flow.noise.float()
     hift.to(device=device)
@@ -237,16 +245,7 @@ def write_tiny_decoder(out_dir: Path, seed: int = 0, vocab_size: int = 6561, wid
     text = TINY_YAML.format(width=width, vocab=vocab_size, ffn=2 * width)
     cfg = parse_config(text)
     gen = torch.Generator().manual_seed(seed)
-    flow = FlowModel(cfg.flow)
-    hift = HiFTGenerator(cfg.hift)
-    _randomize(flow, gen)
-    _randomize(hift, gen)
-    # Keep HiFT's F0 in a speech-like range so the sine source is voiced for most frames.
-    with torch.no_grad():
-        hift.f0_predictor.classifier.bias.fill_(150.0)
-        # ... and its iSTFT magnitudes small (exp(-1.5)), so the audio is quiet noise, not clipping.
-        hift.conv_post.weight.mul_(0.05)
-        hift.conv_post.bias[: cfg.hift.n_fft // 2 + 1].fill_(-1.5)
+    flow, hift = _random_flow_hift(cfg, gen)
     (out_dir / "cosyvoice.yaml").write_text(text)
     torch.save({k: v.clone() for k, v in flow.state_dict().items()}, out_dir / "flow.pt")
     torch.save(unfold_weight_norm({k: v.clone() for k, v in hift.state_dict().items()}), out_dir / "hift.pt")
