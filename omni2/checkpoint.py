@@ -51,7 +51,7 @@ def find_checkpoint(name_or_path: str | Path | None = None, root: Path | None = 
     """A model folder: an existing path, or a name/repo id under checkpoints/."""
     root = Path(root or DEFAULT_CHECKPOINTS)
     name = str(name_or_path or DEFAULT_MODEL)
-    candidates = [Path(name).expanduser(), root / name, root / name.split("/")[-1]]
+    candidates = list(dict.fromkeys([Path(name).expanduser(), root / name, root / name.split("/")[-1]]))
     for c in candidates:
         if c.is_dir():
             return c
