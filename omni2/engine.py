@@ -72,6 +72,7 @@ class ReplyOptions:
     voice: Any = None  # speaker x-vector for the vocoder (None: the decoder's default voice)
     incremental_flow: bool = True  # freeze finished flow chunks (False: official full-prefix recompute)
     vocoder_thread: bool | None = None  # run the vocoder beside generation (None: on GPUs only)
+    allow_silence: bool = False  # answer silent audio instead of reporting it (reference runs do)
     trace: bool = False
 
 
@@ -163,9 +164,10 @@ class Engine:
         mel = log_mel(audio.samples, self.model.n_mels)
         return self.model.embed_speech(mel[None])[0]
 
-    def add_history(self, session: Session, audio: AudioSource, reply_text: str, rate: int | None = None) -> None:
+    def add_history(self, session: Session, audio: AudioSource, reply_text: str, rate: int | None = None,
+                    allow_silence: bool = False) -> None:
         """Append a past exchange (user audio + what the assistant said) without generating."""
-        prepared = prepare_audio(audio, rate)
+        prepared = prepare_audio(audio, rate, allow_silence=allow_silence)
         speech = self.encode(prepared)
         with session.lock:
             session.encoder_calls += 1
@@ -227,7 +229,7 @@ class Engine:
 
         try:
             t = time.perf_counter()
-            prepared = prepare_audio(turn.audio, turn.rate)
+            prepared = prepare_audio(turn.audio, turn.rate, allow_silence=opts.allow_silence)
             for w in prepared.warnings:
                 yield Notice(w)
             t = lap("audio", t)
