@@ -36,7 +36,7 @@ class Session:
     turns: list[UserTurn | AssistantTurn] = field(default_factory=list)
     runner: LMRunner | None = None  # LLM cache of ``cached_keys``
     cached_keys: list = field(default_factory=list)  # one key per cached LLM position
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # re-entered by keep_heard inside a turn
     encoder_calls: int = 0  # how many utterances were encoded (tests check reuse)
     dropped_turns: int = 0
 
