@@ -127,8 +127,14 @@ class Turn:
         return self._cancel.is_set()
 
     def __iter__(self) -> Iterator[Event]:
+        # Front ends may resume this generator on different threads (Gradio does), so the lock is a
+        # plain Lock, which any thread may release.
         with self.session.lock:
-            yield from self.engine._run(self)
+            self.session.active_turn = self
+            try:
+                yield from self.engine._run(self)
+            finally:
+                self.session.active_turn = None
 
     def collect(self) -> TurnEnd:
         """Run to the end, ignoring intermediate events (offline use)."""
@@ -390,11 +396,21 @@ class Engine:
         eos = set(self.loaded.generation.eos_ids)
         kept = heard_text_ids(result.text_ids, result.windows, heard_units)
         text = self.tokenizer.decode([i for i in kept if i not in eos], skip_special_tokens=True).strip()
-        with session.lock:
-            last = session.turns[-1] if session.turns else None
-            if isinstance(last, AssistantTurn) and last.text == result.text:
-                session.turns[-1] = AssistantTurn(text)  # the LLM cache re-prefills from the change on
+        active = session.active_turn
+        if active is not None and active.result is result:
+            # Called while the turn that produced ``result`` is yielding it (possibly on this very
+            # thread): its commit is done, so the history can be edited without the lock.
+            self._shorten_last(session, result, text)
+        else:
+            with session.lock:
+                self._shorten_last(session, result, text)
         return text
+
+    @staticmethod
+    def _shorten_last(session: Session, result: TurnEnd, text: str) -> None:
+        last = session.turns[-1] if session.turns else None
+        if isinstance(last, AssistantTurn) and last.text == result.text:
+            session.turns[-1] = AssistantTurn(text)  # the LLM cache re-prefills from the change on
 
 
 def heard_text_ids(text_ids: list[int], windows: list[tuple[int, int]], heard_units: int) -> list[int]:

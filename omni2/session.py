@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,7 +37,8 @@ class Session:
     turns: list[UserTurn | AssistantTurn] = field(default_factory=list)
     runner: LMRunner | None = None  # LLM cache of ``cached_keys``
     cached_keys: list = field(default_factory=list)  # one key per cached LLM position
-    lock: threading.RLock = field(default_factory=threading.RLock)  # re-entered by keep_heard inside a turn
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held by the running turn (any thread may release)
+    active_turn: Any = None  # the Turn holding ``lock``, if any
     encoder_calls: int = 0  # how many utterances were encoded (tests check reuse)
     dropped_turns: int = 0
 
