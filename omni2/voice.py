@@ -43,24 +43,21 @@ def cache_dir() -> Path:
 
 
 def read_wav_16k(path: str | Path) -> np.ndarray:
-    """Read any soundfile-readable file as mono float32 at 16 kHz; AudioError if unusable."""
-    import soundfile as sf
+    """Read any soundfile-readable file as mono float32 at 16 kHz; AudioError if unusable.
 
-    path = Path(path)
+    Decoding, down-mixing and resampling are omni2.audio's; the voice checks (length, silence)
+    are :func:`check_voice_audio`'s, so an empty file reports "too short" rather than failing here.
+    """
+    from omni2.audio import read_audio, resample, to_mono
+
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except FileNotFoundError as exc:
-        raise AudioError(f"voice file not found: {path}") from exc
-    except Exception as exc:  # soundfile raises its own LibsndfileError / RuntimeError types
+        data, sr = read_audio(Path(path))
+    except AudioError as exc:
         raise AudioError(f"cannot read voice file {path}: {exc}") from exc
-    wav = data.mean(axis=1).astype(np.float32)
+    wav = to_mono(data)
     if not np.all(np.isfinite(wav)):
         raise AudioError(f"voice file {path} contains NaN or infinite samples")
-    if sr != SAMPLE_RATE and wav.size:
-        import soxr
-
-        wav = soxr.resample(wav, sr, SAMPLE_RATE, quality="HQ").astype(np.float32)
-    return wav
+    return resample(wav, sr) if wav.size else wav
 
 
 def check_voice_audio(wav: np.ndarray, name: str = "voice") -> None:
