@@ -98,12 +98,7 @@ def build_model(size: str, device: torch.device, dtype: torch.dtype, workdir: Pa
     llm_ids = write_tokenizer(workdir, [*fillers, ("<speech>", True)], first_added_id=first)
     n_units = 64 if tiny else REAL_UNITS
     tts_ids = write_tokenizer(workdir / "tts_tokenizer", [*fillers, ("<sep>", True)] +
-                              [(f"<{u}>", False) for u in range(n_units)], first_added_id=first)
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        path = workdir / "tts_tokenizer" / name
-        d = json.loads(path.read_text())
-        d["eos_token"] = d["pad_token"]
-        path.write_text(json.dumps(d))
+                              [(f"<{u}>", False) for u in range(n_units)], first_added_id=first, eos="<|endoftext|>")
     eot, im_end = llm_ids["<|endoftext|>"], llm_ids["<|im_end|>"]
     tts_vocab_rows = max(tts_ids.values()) + 1 if tiny else REAL_TTS_VOCAB
     enc = WhisperEncoderDims(128, 1500, 64, 2, 2) if tiny else LARGE_V3

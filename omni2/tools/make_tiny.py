@@ -47,12 +47,14 @@ def _added(content: str, special: bool = True) -> dict:
             "single_word": False, "special": special}
 
 
-def write_tokenizer(out: Path, extra: list[tuple[str, bool]], first_added_id: int | None = None) -> dict[str, int]:
+def write_tokenizer(out: Path, extra: list[tuple[str, bool]], first_added_id: int | None = None,
+                    eos: str = "<|im_end|>") -> dict[str, int]:
     """Write slow (vocab.json/merges.txt) and fast (tokenizer.json) Qwen2 tokenizer files.
 
     ``extra`` = (content, special) tokens added after the specials. With ``first_added_id`` the
     vocabulary is padded with unreachable dummy tokens so the specials sit at the real Qwen2.5 ids
-    (151643…), as benchmarks at real sizes need. Returns content -> id.
+    (151643…), as benchmarks at real sizes need. ``eos``: the LLM's is ``<|im_end|>``, the TTS
+    tokenizer's ``<|endoftext|>`` (as released). Returns content -> id.
     """
     from tokenizers import AddedToken as FastAdded
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -76,7 +78,7 @@ def write_tokenizer(out: Path, extra: list[tuple[str, bool]], first_added_id: in
     specials_in_map = [c for c, s in tokens if s]
     (out / "special_tokens_map.json").write_text(json.dumps({
         "additional_special_tokens": specials_in_map,
-        "eos_token": {k: v for k, v in _added("<|im_end|>").items() if k != "special"},
+        "eos_token": {k: v for k, v in _added(eos).items() if k != "special"},
         "pad_token": {k: v for k, v in _added("<|endoftext|>").items() if k != "special"},
     }, indent=2))
     cfg = {
@@ -85,7 +87,7 @@ def write_tokenizer(out: Path, extra: list[tuple[str, bool]], first_added_id: in
         "bos_token": None,
         "chat_template": CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
-        "eos_token": "<|im_end|>",
+        "eos_token": eos,
         "errors": "replace",
         "model_max_length": 4096,
         "pad_token": "<|endoftext|>",
@@ -126,16 +128,7 @@ def make_tiny(out: str | Path, seed: int = 0, decoder: bool = True) -> Path:
 
     llm_ids = write_tokenizer(out, [("<speech>", True)])
     tts_extra = [("<sep>", True)] + [(f"<{u}>", False) for u in range(NUM_UNITS)]
-    tts_ids = write_tokenizer(out / "tts_tokenizer", tts_extra)
-    # The TTS tokenizer's eos is <|endoftext|>, as in the released checkpoints.
-    tts_cfg_path = out / "tts_tokenizer" / "tokenizer_config.json"
-    tts_cfg = json.loads(tts_cfg_path.read_text())
-    tts_cfg["eos_token"] = "<|endoftext|>"
-    tts_cfg_path.write_text(json.dumps(tts_cfg, indent=2))
-    smap_path = out / "tts_tokenizer" / "special_tokens_map.json"
-    smap = json.loads(smap_path.read_text())
-    smap["eos_token"] = smap["pad_token"]
-    smap_path.write_text(json.dumps(smap, indent=2))
+    tts_ids = write_tokenizer(out / "tts_tokenizer", tts_extra, eos="<|endoftext|>")
 
     eot, im_end = llm_ids["<|endoftext|>"], llm_ids["<|im_end|>"]
     llm_vocab = 320  # rows past the last token id are padding, as in the real embedding tables
