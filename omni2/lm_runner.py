@@ -8,15 +8,70 @@ inputs. ``hidden`` is always the final-layer, post-norm state — what the TTS f
 from __future__ import annotations
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys/values live in a preallocated buffer grown 1.5x when full.
+
+    HF's ``DynamicLayer`` concatenates the whole cache with each new token, an O(length) copy per
+    token and layer (O(n^2) over a reply). Here a token writes only its own slot; ``keys``/``values``
+    are views of the first ``length`` positions, so the rest of transformers sees a normal layer.
+    """
+
+    def lazy_initialization(self, key_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states)
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._len = 0
+
+    def _reserve(self, need: int, like: torch.Tensor) -> None:
+        if self._k is not None and self._k.size(-2) >= need:
+            return
+        cap = need if self._k is None else max(need, self._k.size(-2) * 3 // 2)
+        cap = -(-cap // 64) * 64
+        k = like.new_empty(*like.shape[:-2], cap, like.size(-1))
+        v = like.new_empty(*like.shape[:-2], cap, like.size(-1))
+        if self._k is not None:
+            k[..., : self._len, :].copy_(self._k[..., : self._len, :])
+            v[..., : self._len, :].copy_(self._v[..., : self._len, :])
+        self._k, self._v = k, v
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, cache_kwargs: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states)
+        end = self._len + key_states.size(-2)
+        self._reserve(end, key_states)
+        self._k[..., self._len : end, :].copy_(key_states)
+        self._v[..., self._len : end, :].copy_(value_states)
+        self._len = end
+        self.keys, self.values = self._k[..., :end, :], self._v[..., :end, :]
+        return self.keys, self.values
+
+    def crop(self, max_length: int) -> None:
+        if not self.is_initialized:
+            return
+        if max_length < 0:
+            max_length = self._len + max_length
+        if max_length < self._len:
+            self._len = max(max_length, 0)
+            self.keys, self.values = self._k[..., : self._len, :], self._v[..., : self._len, :]
+
+
+class GrowingCache(Cache):
+    """transformers ``Cache`` made of :class:`GrowingLayer` (full attention layers, as Qwen2's)."""
+
+    def __init__(self) -> None:
+        super().__init__(layer_class_to_replicate=GrowingLayer)
 
 
 class LMRunner:
     def __init__(self, lm) -> None:  # lm: transformers.Qwen2ForCausalLM
-        from transformers import DynamicCache
-
         self.lm = lm
-        self._cache_cls = DynamicCache
-        self.cache = DynamicCache()
+        self._cache_cls = GrowingCache
+        self.cache = GrowingCache()
         self.length = 0
 
     @property

@@ -14,6 +14,7 @@ reproduces the official re-reading pattern (used as the benchmark baseline and i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -63,11 +64,10 @@ class UnitWriter:
         self.use_cache = use_cache
         self.runner = LMRunner(generator.model)
         allowed = None
+        self._allowed_ids: torch.Tensor | None = None
         if restrict_to_units:
-            v = generator.model.config.vocab_size
-            allowed = torch.zeros(v, dtype=torch.bool)
-            allowed[vocab.unit_offset: vocab.unit_offset + vocab.num_units] = True
-            allowed[vocab.eos_id] = True
+            allowed = _allowed_mask(generator.model.config.vocab_size, vocab)
+            self._allowed_ids = _allowed_ids(generator.model.config.vocab_size, vocab)
         self.sampler = Sampler(sampling, seed=seed, allowed=allowed)
         self._pending_hidden: list[torch.Tensor] = []
         self._pending_ids: list[int] = []
@@ -119,7 +119,7 @@ class UnitWriter:
         if new_inputs:
             hidden_last = self._advance(new_inputs)
             for step in range(budget):
-                tok = self.sampler(self.runner.logits(hidden_last))
+                tok = self.sampler(self._logits(hidden_last))
                 written.append(tok)
                 if tok == self.vocab.eos_id or step == budget - 1:
                     break
@@ -137,6 +137,12 @@ class UnitWriter:
             self.finished = True
         return new_units
 
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits; with the unit mask on, only the rows that can be chosen are computed."""
+        if self._allowed_ids is None:
+            return self.runner.logits(hidden)
+        return self.gen.logits_over(hidden, self._allowed_ids)
+
     def _advance(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Append input rows to the TTS context; return the post-norm hidden of the last position."""
         x = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
@@ -150,3 +156,18 @@ class UnitWriter:
             self._window_start = False
             return self.runner.feed(torch.cat(self._all_inputs))[-1]
         return self.runner.feed(x)[-1]
+
+
+@functools.lru_cache(maxsize=8)
+def _allowed_mask(vocab_size: int, vocab: TTSVocab) -> torch.Tensor:
+    """Bool [V]: the ids speech generation may emit (every unit token and eos)."""
+    allowed = torch.zeros(vocab_size, dtype=torch.bool)
+    allowed[vocab.unit_offset : vocab.unit_offset + vocab.num_units] = True
+    allowed[vocab.eos_id] = True
+    return allowed
+
+
+@functools.lru_cache(maxsize=8)
+def _allowed_ids(vocab_size: int, vocab: TTSVocab) -> torch.Tensor:
+    """The same ids as a sorted index tensor (one object per vocabulary, so row caches can key on it)."""
+    return _allowed_mask(vocab_size, vocab).nonzero().squeeze(1)

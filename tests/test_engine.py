@@ -94,6 +94,34 @@ def test_unit_mask(engine, tiny, question_wav) -> None:
     assert len(free.units) == sum(v.is_unit(t) for t in toks)  # …and never become units
 
 
+def test_unit_rows_only_head_equals_full_head_with_mask(tiny) -> None:
+    """The TTS head computes only unit/eos rows; logits, and so seeded samples, equal the full head's."""
+    from omni2.sampling import TTS_OFFICIAL, Sampler
+    from omni2.unit_writer import _allowed_ids, _allowed_mask
+
+    gen, v = tiny.model.speech_generator, tiny.tts_vocab
+    size = gen.model.config.vocab_size
+    ids, mask = _allowed_ids(size, v), _allowed_mask(size, v)
+    hidden = torch.randn(20, gen.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        full = gen.model.lm_head(hidden)
+        part = torch.stack([gen.logits_over(h, ids) for h in hidden])
+    assert torch.isinf(part[:, ~mask]).all() and torch.isfinite(part[:, mask]).all()
+    torch.testing.assert_close(part[:, mask], full[:, mask], atol=1e-5, rtol=1e-5)
+    a, b = Sampler(TTS_OFFICIAL, seed=5, allowed=mask), Sampler(TTS_OFFICIAL, seed=5, allowed=mask)
+    assert [a(x) for x in full] == [b(x) for x in part]
+    # the copied rows follow in-place weight edits (e.g. a checkpoint loaded after first use)
+    saved = gen.model.lm_head.weight[ids[0]].detach().clone()
+    with torch.no_grad():
+        gen.model.lm_head.weight[ids[0]] += 1.0
+    try:
+        with torch.inference_mode():
+            torch.testing.assert_close(gen.logits_over(hidden[0], ids)[ids[0]], gen.model.lm_head(hidden[0])[ids[0]])
+    finally:
+        with torch.no_grad():
+            gen.model.lm_head.weight[ids[0]] = saved
+
+
 def test_llm_without_eos_stops_at_max_tokens(tiny, question_wav) -> None:
     eng = engine_with_eos(tiny, [10_000])  # an id the model can never produce
     _, end = run(eng, eng.new_session(), question_wav, max_new_tokens=9)

@@ -24,6 +24,7 @@ class SpeechGenerator(nn.Module):
             nn.Linear(llm_hidden_size, 2 * llm_hidden_size), nn.ReLU(), nn.Linear(2 * llm_hidden_size, d)
         )
         self.gate = nn.Sequential(nn.Linear(2 * d, d), nn.Sigmoid())
+        self._head_rows: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -39,3 +40,26 @@ class SpeechGenerator(nn.Module):
         emb = self.embed(text_ids)
         g = self.gate(torch.cat([proj, emb], dim=-1))
         return proj * g + emb * (1 - g)
+
+    def logits_over(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits [V] of one hidden state [d] where only rows ``ids`` are computed
+        (the rest are -inf).
+
+        Speech generation may only emit units or eos (6,562 of ~158k rows), so the other rows of
+        ``lm_head`` never matter: skipping them removes over a quarter of each step's weight reads
+        at 0.5B. The vector keeps full size so sampling, and its random draws, stay the same.
+        """
+        head = self.model.lm_head
+        weight = head.weight
+        # the copied rows are valid while the ids object, the weight tensor and its contents are
+        key = (id(ids), weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        cached = self._head_rows
+        if cached is None or cached[0] != key:
+            idx = ids.to(weight.device)
+            w = weight.detach().index_select(0, idx)
+            b = None if head.bias is None else head.bias.detach().index_select(0, idx)
+            cached = self._head_rows = (key, w, b)
+        _, w, b = cached
+        part = torch.nn.functional.linear(hidden.to(w.dtype), w, b)
+        out = torch.full((head.out_features,), float("-inf"), dtype=part.dtype, device=part.device)
+        return out.index_copy_(0, ids.to(part.device), part)

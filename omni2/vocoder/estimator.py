@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni2.vocoder.config import EstimatorConfig
-from omni2.vocoder.conformer import chunk_mask
 
 
 @dataclass
@@ -156,7 +155,9 @@ class _Attention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, ctx: IncrementalContext | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, ctx: IncrementalContext | None = None
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.to_q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.to_k(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
@@ -195,7 +196,9 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = _FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, ctx: IncrementalContext | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, ctx: IncrementalContext | None = None
+    ) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x), bias, ctx)
         return x + self.ff(self.norm3(x))
 
@@ -245,19 +248,29 @@ class CausalUNetEstimator(nn.Module):
 
     @staticmethod
     def _run(
-        blocks: nn.ModuleList, x: torch.Tensor, bias: torch.Tensor, ctx: IncrementalContext | None
+        blocks: nn.ModuleList, x: torch.Tensor, bias: torch.Tensor | None, ctx: IncrementalContext | None
     ) -> torch.Tensor:
         x = x.transpose(1, 2)
         for block in blocks:
             x = block(x, bias, ctx)
         return x.transpose(1, 2)
 
-    def attention_bias(self, mask: torch.Tensor, chunk: int, offset: int = 0) -> torch.Tensor:
+    def attention_bias(self, mask: torch.Tensor, chunk: int, offset: int = 0) -> torch.Tensor | None:
         """Additive [B,1,Tq,offset+Tq] bias: 0 where allowed, finfo.min elsewhere (official
-        mask_to_bias). Rows are frames offset.., columns all frames; ``mask`` pads keys (B=1: ones)."""
+        mask_to_bias), or None when every query may see every key. Rows are frames offset..,
+        columns all frames. ``mask`` pads keys; with a frozen prefix (``offset`` > 0, batch 1, no
+        padding) it is all ones by construction and not looked at.
+
+        Built for the query rows only (Tq x T), never as the full T x T chunk mask: with a frozen
+        prefix the queries usually lie in one chunk and need no bias at all.
+        """
         tq = mask.size(-1)
         t = offset + tq
-        allowed = chunk_mask(t, chunk, mask.device)[offset:][None]  # [1, Tq, T]
+        if offset > 0 and (chunk <= 0 or (offset // chunk + 1) * chunk >= t):
+            return None
+        rows = torch.arange(offset, t, device=mask.device)
+        limit = torch.clamp((rows // chunk + 1) * chunk, max=t) if chunk > 0 else torch.full_like(rows, t)
+        allowed = (torch.arange(t, device=mask.device)[None, :] < limit[:, None])[None]  # [1, Tq, T]
         if offset == 0:
             allowed = allowed & mask.bool()
         bias = (1.0 - allowed.to(mask.dtype)) * torch.finfo(mask.dtype).min
