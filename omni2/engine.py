@@ -32,6 +32,7 @@ from omni2.checkpoint import LoadedOmni2
 from omni2.errors import Omni2Error
 from omni2.events import AudioChunk, Event, Notice, TextDelta, TurnEnd, Units
 from omni2.lm_runner import LMRunner
+from omni2.model.row_gemv import row_gemv_is_faster, use_row_gemv
 from omni2.model.speech_encoder import log_mel
 from omni2.prompt import render_prompt_ids, splice_speech
 from omni2.sampling import LLM_GREEDY, TTS_OFFICIAL, Sampler, SamplingConfig
@@ -159,6 +160,13 @@ class Engine:
         self._text_vocab_mask = None
         if len(self.tokenizer) < rows:
             self._text_vocab_mask = torch.arange(rows) < len(self.tokenizer)
+        # Token-by-token decoding: use matrix-vector kernels where this CPU runs them faster.
+        if row_gemv_is_faster(torch.device(loaded.device), loaded.dtype):
+            decoders = [self.model.llm]
+            if self.model.speech_generator is not None:
+                decoders.append(self.model.speech_generator.model)
+            n = sum(use_row_gemv(m) for m in decoders)
+            log.info("decoding with torch.mv for one-row linears (%d layers)", n)
 
     # -- sessions and encoding ----------------------------------------------------------------
     def new_session(self) -> Session:

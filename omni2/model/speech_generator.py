@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from omni2.model.row_gemv import RowGemvLinear, linear_rows
+
 
 class SpeechGenerator(nn.Module):
     def __init__(self, llm_hidden_size: int, tts_config) -> None:  # tts_config: transformers.Qwen2Config
@@ -60,6 +62,7 @@ class SpeechGenerator(nn.Module):
             b = None if head.bias is None else head.bias.detach().index_select(0, idx)
             cached = self._head_rows = (key, w, b)
         _, w, b = cached
-        part = torch.nn.functional.linear(hidden.to(w.dtype), w, b)
+        linear = linear_rows if isinstance(head, RowGemvLinear) else torch.nn.functional.linear
+        part = linear(hidden.to(w.dtype), w, b)
         out = torch.full((head.out_features,), float("-inf"), dtype=part.dtype, device=part.device)
         return out.index_copy_(0, ids.to(part.device), part)
