@@ -14,11 +14,13 @@ model runs under one queue concurrency group (``--concurrency``).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,6 +101,17 @@ class VoiceBank:
             return self._cache[name]
 
 
+# Chats still holding a soxr stream at exit: soxr's nanobind extension reports any instance that
+# outlives the interpreter as a "leak" on stderr, so the streams are dropped first.
+_RESAMPLING_CHATS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _drop_resamplers() -> None:
+    for chat in list(_RESAMPLING_CHATS):
+        chat._resampler = None
+
+
 class WebChat:
     """One browser tab: conversation, VAD state, chat messages and the player channel."""
 
@@ -142,6 +155,7 @@ class WebChat:
 
             self._resampler = soxr.ResampleStream(rate, VAD_RATE, 1, dtype="float32")
             self._in_rate = rate
+            _RESAMPLING_CHATS.add(self)
         return self._resampler.resample_chunk(x.astype(np.float32, copy=False))
 
     def hear(self, rate: int, data: np.ndarray, silence: float | None = None) -> tuple[bool, bool, str | None]:
