@@ -342,11 +342,14 @@ def test_incremental_flow_equals_full_recompute(decoder, window: int, n: int) ->
     for incremental in (False, True):
         s = decoder.stream(record=True, incremental=incremental)
         windows = [u[i : i + window] for i in range(0, n, window)]
-        pieces = [s.finalize(w) if i == len(windows) - 1 else s.push(w) for i, w in enumerate(windows)]
-        outs.append((np.concatenate(pieces), torch.cat([c.mel for c in s.calls], dim=2), s))
-    (wav_full, mel_full, _), (wav_inc, mel_inc, s_inc) = outs
-    assert s_inc.flow_state is not None and s_inc.flow_state.frozen >= 200  # really skipped chunks
-    assert s_inc.flow_state.encoder.frozen * 2 == s_inc.flow_state.frozen  # the encoder skipped them too
+        pieces = [s.push(w) for w in windows[:-1]]
+        state = s.flow_state
+        pieces.append(s.finalize(windows[-1]))
+        assert s.flow_state is None  # a finished stream frees its frozen state
+        outs.append((np.concatenate(pieces), torch.cat([c.mel for c in s.calls], dim=2), state))
+    (wav_full, mel_full, _), (wav_inc, mel_inc, state) = outs
+    assert state is not None and state.frozen >= 200  # really skipped chunks
+    assert state.encoder.frozen * 2 == state.frozen  # the encoder skipped them too
     torch.testing.assert_close(mel_inc, mel_full, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(wav_inc, wav_full, atol=2e-3)
 
@@ -369,6 +372,37 @@ def test_incremental_stream_falls_back_to_full_recompute_past_its_memory_cap(tmp
             assert s.flow_state is None  # switched to full recompute
     wav = np.concatenate([*pieces, s.finalize()])
     np.testing.assert_allclose(wav, ref_wav, atol=5e-3)
+
+
+def test_flow_memory_budget_is_shared_by_live_streams(tmp_path) -> None:
+    """The frozen-state budget bounds all live incremental streams together; finishing frees a share."""
+    from omni2.vocoder.tiny import write_tiny_decoder
+    from omni2.vocoder.token2wav import MIN_FLOW_CACHE_BYTES, flow_cache_budget, load_decoder
+
+    assert flow_cache_budget(torch.device("cpu")) >= MIN_FLOW_CACHE_BYTES
+    assert flow_cache_budget(torch.device("meta")) == MIN_FLOW_CACHE_BYTES
+    dec = load_decoder(write_tiny_decoder(tmp_path / "dec", vocab_size=64))
+    assert dec.max_flow_cache_bytes >= MIN_FLOW_CACHE_BYTES
+    units = [(5 * i) % 64 for i in range(60)]
+    solo = dec.stream(incremental=True)
+    for i in range(0, 60, 20):
+        solo.push(units[i : i + 20])
+    one = solo.flow_state.nbytes()
+    assert one > 0
+    solo.finalize()
+    assert solo.flow_state is None
+
+    dec.max_flow_cache_bytes = int(1.5 * one)  # room for one stream's state, not two
+    a, b = dec.stream(incremental=True), dec.stream(incremental=True)
+    for i in range(0, 60, 20):
+        a.push(units[i : i + 20])
+        b.push(units[i : i + 20])
+    assert a.flow_state is not None and b.flow_state is None  # b pushed the total past the budget
+    a.finalize()
+    c = dec.stream(incremental=True)  # a's share is free again
+    for i in range(0, 60, 20):
+        c.push(units[i : i + 20])
+    assert c.flow_state is not None
 
 
 def test_incremental_encoder_equals_full_encoder(decoder) -> None:

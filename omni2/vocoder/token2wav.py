@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import weakref
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -138,9 +139,11 @@ class Decoder:
         self.mel_cache_frames = MEL_CACHE_FRAMES
         self.source_cache_len = MEL_CACHE_FRAMES * hift.upsample_factor
         self.window = hamming(2 * self.source_cache_len)
-        # Incremental streams fall back to full recompute once their frozen-flow state exceeds this
-        # (~4.6 MB per mel frame at CosyVoice2 size in fp32: 4 GiB ≈ 18 s of speech per reply).
-        self.max_flow_cache_bytes = 4 << 30
+        # Frozen-flow state of all live incremental streams together (~4.6 MB per mel frame at
+        # CosyVoice2 size in fp32, i.e. ~230 MB per second of speech); a stream that would take the
+        # total past it falls back to full recompute. See :func:`flow_cache_budget`.
+        self.max_flow_cache_bytes = flow_cache_budget(self.device)
+        self._live_streams: weakref.WeakSet[DecoderStream] = weakref.WeakSet()
         # HiFT randomness: official = random phases/noise per call; goldens switch it off.
         self.hift_noise = SourceNoise()
 
@@ -247,6 +250,8 @@ class DecoderStream:
         self.xvector = xvector.to(decoder.device)
         self.state = StreamState()
         self.flow_state = FlowState() if incremental and decoder.flow.can_freeze() else None
+        if self.flow_state is not None:
+            decoder._live_streams.add(self)
         self.record = record
         self.calls: list[StreamCall] = []
 
@@ -292,9 +297,10 @@ class DecoderStream:
         if self.flow_state is not None:
             out_flow = dec.flow.inference_incremental(tokens, self.xvector, finalize, self.flow_state)
             mel = out_flow.mel[:, :, first - out_flow.start :]
-            if self.flow_state.nbytes() > dec.max_flow_cache_bytes:
-                log.info("frozen flow state reached %.1f GiB: recomputing the flow prefix from now on",
-                         self.flow_state.nbytes() / 2**30)
+            in_use = sum(s.flow_state.nbytes() for s in list(dec._live_streams) if s.flow_state is not None)
+            if in_use > dec.max_flow_cache_bytes:
+                log.info("frozen flow state of live streams reached %.1f GiB (budget %.1f GiB): this stream "
+                         "recomputes the flow prefix from now on", in_use / 2**30, dec.max_flow_cache_bytes / 2**30)
                 self.flow_state = None
         else:
             mel = dec.flow.inference(tokens, self.xvector, finalize=finalize).mel[:, :, first:]
@@ -316,7 +322,30 @@ class DecoderStream:
             speech = speech[:, :-n]
         piece = speech[0].numpy().astype(np.float32, copy=False)
         st.samples_out += piece.shape[0]
+        if finalize:
+            self.flow_state = None  # the utterance is complete: free its share of the budget
         return piece
+
+
+MIN_FLOW_CACHE_BYTES = 4 << 30
+
+
+def flow_cache_budget(device: torch.device, fraction: float = 0.5) -> int:
+    """Default memory budget for frozen incremental-flow state: ``fraction`` of the memory available
+    now (CPU: /proc/meminfo MemAvailable; CUDA: free device memory), never below 4 GiB (≈18 s of
+    fp32 speech). Unknown platforms get the 4 GiB floor."""
+    avail = 0
+    try:
+        if device.type == "cuda":
+            avail = torch.cuda.mem_get_info(device)[0]
+        elif device.type == "cpu":
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, RuntimeError):
+        avail = 0
+    return max(MIN_FLOW_CACHE_BYTES, int(avail * fraction))
 
 
 def _empty() -> np.ndarray:
