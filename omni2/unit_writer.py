@@ -66,7 +66,7 @@ class UnitWriter:
         allowed = None
         self._allowed_ids: torch.Tensor | None = None
         if restrict_to_units:
-            allowed = _allowed_mask(generator.model.config.vocab_size, vocab).clone()  # the sampler's own
+            allowed = _allowed_mask(generator.model.config.vocab_size, vocab)  # the sampler's own
             self._allowed_ids = _allowed_ids(generator.model.config.vocab_size, vocab)
         self.sampler = Sampler(sampling, seed=seed, allowed=allowed)
         self._pending_hidden: list[torch.Tensor] = []
@@ -158,9 +158,8 @@ class UnitWriter:
         return self.runner.feed(x)[-1]
 
 
-@functools.lru_cache(maxsize=8)
 def _allowed_mask(vocab_size: int, vocab: TTSVocab) -> torch.Tensor:
-    """Bool [V]: the ids speech generation may emit (every unit token and eos). Shared: never edit."""
+    """A new bool [V] mask of the ids speech generation may emit (every unit token and eos)."""
     allowed = torch.zeros(vocab_size, dtype=torch.bool)
     allowed[vocab.unit_offset : vocab.unit_offset + vocab.num_units] = True
     allowed[vocab.eos_id] = True
