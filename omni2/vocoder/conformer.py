@@ -19,13 +19,14 @@ from torch import nn
 from omni2.vocoder.config import EncoderConfig
 
 
-def chunk_mask(size: int, chunk: int, device: torch.device | None = None) -> torch.Tensor:
-    """Boolean [size, size]: row i may see columns j < min((i // chunk + 1) * chunk, size); chunk 0 = all."""
+def chunk_mask(size: int, chunk: int, device: torch.device | None = None, first_row: int = 0) -> torch.Tensor:
+    """Boolean [size - first_row, size]: row i (i = first_row..size-1) may see columns
+    j < min((i // chunk + 1) * chunk, size); chunk 0 = all. Only the asked-for rows are built."""
     if chunk <= 0:
-        return torch.ones(size, size, dtype=torch.bool, device=device)
-    idx = torch.arange(size, device=device)
-    limit = torch.clamp((idx // chunk + 1) * chunk, max=size)
-    return idx[None, :] < limit[:, None]
+        return torch.ones(size - first_row, size, dtype=torch.bool, device=device)
+    rows = torch.arange(first_row, size, device=device)
+    limit = torch.clamp((rows // chunk + 1) * chunk, max=size)
+    return torch.arange(size, device=device)[None, :] < limit[:, None]
 
 
 _PE_CACHE: dict[int, torch.Tensor] = {}

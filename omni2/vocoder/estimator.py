@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni2.vocoder.config import EstimatorConfig
+from omni2.vocoder.conformer import chunk_mask
 
 
 @dataclass
@@ -268,9 +269,7 @@ class CausalUNetEstimator(nn.Module):
         t = offset + tq
         if offset > 0 and (chunk <= 0 or (offset // chunk + 1) * chunk >= t):
             return None
-        rows = torch.arange(offset, t, device=mask.device)
-        limit = torch.clamp((rows // chunk + 1) * chunk, max=t) if chunk > 0 else torch.full_like(rows, t)
-        allowed = (torch.arange(t, device=mask.device)[None, :] < limit[:, None])[None]  # [1, Tq, T]
+        allowed = chunk_mask(t, chunk, mask.device, first_row=offset)[None]  # [1, Tq, T]
         if offset == 0:
             allowed = allowed & mask.bool()
         bias = (1.0 - allowed.to(mask.dtype)) * torch.finfo(mask.dtype).min
